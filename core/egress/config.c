@@ -1,0 +1,377 @@
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "egress/egress.h"
+#include "util/log.h"
+#include "util/sockaddr.h"
+
+#define DEFAULT_DNS_PORT 15353
+#define DEFAULT_RESOLV_CONF "/etc/resolv.conf"
+
+static const char usage[] =
+    "usage: sandgate egress [flags]\n"
+    "\n"
+    "Runs the egress plane of a sandbox: a policy DNS proxy on 127.0.0.1:15353\n"
+    "and [::1]:15353, with port 53 redirected to it by nftables.\n"
+    "\n"
+    "flags (each wins over its environment variable):\n"
+    "  --upstream LIST        OPENSANDBOX_EGRESS_DNS_UPSTREAM: IP, IP:port, [v6]:port, comma-separated\n"
+    "  --upstream-timeout S   OPENSANDBOX_EGRESS_DNS_UPSTREAM_TIMEOUT: seconds per exchange (5, max 120)\n"
+    "  --policy-file PATH     OPENSANDBOX_EGRESS_POLICY_FILE: policy document read at start\n"
+    "  --rules JSON|@PATH     OPENSANDBOX_EGRESS_RULES: initial policy document\n"
+    "  --script PATH          SANDGATE_EGRESS_SCRIPT: Lua policy script (policies/egress/default.lua)\n"
+    "  --listen ADDR:PORT     SANDGATE_EGRESS_LISTEN (comma list): DNS listeners, repeatable\n"
+    "  --no-intercept         SANDGATE_EGRESS_NO_INTERCEPT=1: do not touch the kernel ruleset\n"
+    "  --on-exit keep|remove  SANDGATE_EGRESS_ON_EXIT: what happens to the nft table on a clean stop\n"
+    "  --no-query-log         SANDGATE_LOG_QUERIES=0: no per-query log lines\n"
+    "  --log-level LEVEL      SANDGATE_LOG_LEVEL: debug, info, warn, error (info)\n"
+    "  --tcp-idle-timeout S   SANDGATE_DNS_TCP_IDLE_TIMEOUT: idle TCP clients closed after S seconds (10)\n"
+    "  --tcp-max-clients N    SANDGATE_DNS_TCP_MAX_CLIENTS: concurrent TCP clients (256)\n"
+    "  --script-memory MB     SANDGATE_SCRIPT_MEMORY_MB: memory cap of a policy VM (64)\n"
+    "  --script-timeout MS    SANDGATE_SCRIPT_TIMEOUT_MS: time budget of one decide call (100)\n";
+
+/* Reads an unsigned number in [min, max]; the name goes into the message. */
+static int parse_uint(const char *name, const char *s, unsigned long min,
+                      unsigned long max, unsigned long *out, char *err,
+                      size_t errlen) {
+  char *end;
+  errno = 0;
+  unsigned long v = strtoul(s, &end, 10);
+  if (errno || end == s || *end || s[0] == '-' || v < min || v > max) {
+    snprintf(err, errlen, "%s: \"%s\" is not a number from %lu to %lu", name,
+             s, min, max);
+    return -EINVAL;
+  }
+  *out = v;
+  return 0;
+}
+
+/* Splits a comma list of addresses into out[]; `what` names the source. */
+static int parse_addr_list(const char *what, const char *list,
+                           uint16_t default_port,
+                           struct sockaddr_storage *out, int max, int *n,
+                           char *err, size_t errlen) {
+  char *copy = strdup(list), *save = NULL;
+  if (!copy)
+    return -ENOMEM;
+  int rc = 0;
+  for (char *tok = strtok_r(copy, ",", &save); tok;
+       tok = strtok_r(NULL, ",", &save)) {
+    while (*tok == ' ')
+      tok++;
+    size_t len = strlen(tok);
+    while (len && tok[len - 1] == ' ')
+      tok[--len] = 0;
+    if (!len)
+      continue;
+    if (*n >= max) {
+      snprintf(err, errlen, "%s: more than %d addresses", what, max);
+      rc = -EINVAL;
+      break;
+    }
+    char perr[256];
+    if (sg_sockaddr_parse(tok, default_port, &out[*n], perr, sizeof(perr))) {
+      snprintf(err, errlen, "%s: %s", what, perr);
+      rc = -EINVAL;
+      break;
+    }
+    (*n)++;
+  }
+  free(copy);
+  return rc;
+}
+
+static int read_whole_file(const char *path, char **out, char *err,
+                           size_t errlen) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    int e = errno;
+    snprintf(err, errlen, "cannot read %s: %s", path, strerror(e));
+    return -e;
+  }
+  size_t cap = 4096, len = 0;
+  char *buf = malloc(cap);
+  size_t n;
+  while (buf && (n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+    len += n;
+    if (cap - len - 1 == 0) {
+      char *nb = realloc(buf, cap * 2);
+      if (!nb) {
+        free(buf);
+        buf = NULL;
+        break;
+      }
+      buf = nb;
+      cap *= 2;
+    }
+  }
+  fclose(f);
+  if (!buf)
+    return -ENOMEM;
+  buf[len] = 0;
+  *out = buf;
+  return 0;
+}
+
+enum {
+  OPT_UPSTREAM = 256,
+  OPT_UPSTREAM_TIMEOUT,
+  OPT_POLICY_FILE,
+  OPT_RULES,
+  OPT_SCRIPT,
+  OPT_LISTEN,
+  OPT_NO_INTERCEPT,
+  OPT_ON_EXIT,
+  OPT_NO_QUERY_LOG,
+  OPT_LOG_LEVEL,
+  OPT_TCP_IDLE,
+  OPT_TCP_MAX,
+  OPT_SCRIPT_MEM,
+  OPT_SCRIPT_TIMEOUT,
+  OPT_HELP,
+};
+
+static const struct option long_opts[] = {
+    {"upstream", required_argument, NULL, OPT_UPSTREAM},
+    {"upstream-timeout", required_argument, NULL, OPT_UPSTREAM_TIMEOUT},
+    {"policy-file", required_argument, NULL, OPT_POLICY_FILE},
+    {"rules", required_argument, NULL, OPT_RULES},
+    {"script", required_argument, NULL, OPT_SCRIPT},
+    {"listen", required_argument, NULL, OPT_LISTEN},
+    {"no-intercept", no_argument, NULL, OPT_NO_INTERCEPT},
+    {"on-exit", required_argument, NULL, OPT_ON_EXIT},
+    {"no-query-log", no_argument, NULL, OPT_NO_QUERY_LOG},
+    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"tcp-idle-timeout", required_argument, NULL, OPT_TCP_IDLE},
+    {"tcp-max-clients", required_argument, NULL, OPT_TCP_MAX},
+    {"script-memory", required_argument, NULL, OPT_SCRIPT_MEM},
+    {"script-timeout", required_argument, NULL, OPT_SCRIPT_TIMEOUT},
+    {"help", no_argument, NULL, OPT_HELP},
+    {NULL, 0, NULL, 0},
+};
+
+/* The value of each setting: the flag if given, else the variable. */
+typedef struct {
+  const char *upstream, *upstream_timeout, *policy_file, *rules, *script;
+  const char *listen, *no_intercept, *on_exit, *log_queries, *log_level;
+  const char *tcp_idle, *tcp_max, *script_mem, *script_timeout;
+  char listen_flags[1024];
+} raw_t;
+
+static const char *env(const char *name) {
+  const char *v = getenv(name);
+  return v && *v ? v : NULL;
+}
+
+static int truthy(const char *v) {
+  return v && (strcmp(v, "1") == 0 || strcasecmp(v, "true") == 0 ||
+               strcasecmp(v, "yes") == 0 || strcasecmp(v, "on") == 0);
+}
+
+static int collect(raw_t *r, int argc, char **argv, char *err, size_t errlen) {
+  memset(r, 0, sizeof(*r));
+  r->upstream = env("OPENSANDBOX_EGRESS_DNS_UPSTREAM");
+  r->upstream_timeout = env("OPENSANDBOX_EGRESS_DNS_UPSTREAM_TIMEOUT");
+  r->policy_file = env("OPENSANDBOX_EGRESS_POLICY_FILE");
+  r->rules = env("OPENSANDBOX_EGRESS_RULES");
+  r->script = env("SANDGATE_EGRESS_SCRIPT");
+  r->listen = env("SANDGATE_EGRESS_LISTEN");
+  r->no_intercept = env("SANDGATE_EGRESS_NO_INTERCEPT");
+  r->on_exit = env("SANDGATE_EGRESS_ON_EXIT");
+  r->log_queries = env("SANDGATE_LOG_QUERIES");
+  r->log_level = env("SANDGATE_LOG_LEVEL");
+  r->tcp_idle = env("SANDGATE_DNS_TCP_IDLE_TIMEOUT");
+  r->tcp_max = env("SANDGATE_DNS_TCP_MAX_CLIENTS");
+  r->script_mem = env("SANDGATE_SCRIPT_MEMORY_MB");
+  r->script_timeout = env("SANDGATE_SCRIPT_TIMEOUT_MS");
+
+  optind = 1;
+  opterr = 0;
+  int opt, listen_given = 0;
+  while ((opt = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
+    switch (opt) {
+    case OPT_UPSTREAM: r->upstream = optarg; break;
+    case OPT_UPSTREAM_TIMEOUT: r->upstream_timeout = optarg; break;
+    case OPT_POLICY_FILE: r->policy_file = optarg; break;
+    case OPT_RULES: r->rules = optarg; break;
+    case OPT_SCRIPT: r->script = optarg; break;
+    case OPT_LISTEN: {
+      /* Repeatable: the flags together replace the variable. */
+      size_t used = strlen(r->listen_flags);
+      snprintf(r->listen_flags + used, sizeof(r->listen_flags) - used, "%s%s",
+               listen_given ? "," : "", optarg);
+      listen_given = 1;
+      r->listen = r->listen_flags;
+      break;
+    }
+    case OPT_NO_INTERCEPT: r->no_intercept = "1"; break;
+    case OPT_ON_EXIT: r->on_exit = optarg; break;
+    case OPT_NO_QUERY_LOG: r->log_queries = "0"; break;
+    case OPT_LOG_LEVEL: r->log_level = optarg; break;
+    case OPT_TCP_IDLE: r->tcp_idle = optarg; break;
+    case OPT_TCP_MAX: r->tcp_max = optarg; break;
+    case OPT_SCRIPT_MEM: r->script_mem = optarg; break;
+    case OPT_SCRIPT_TIMEOUT: r->script_timeout = optarg; break;
+    case 'h':
+    case OPT_HELP: fputs(usage, stdout); return 1;
+    default:
+      if (optopt)
+        snprintf(err, errlen, "unknown flag or missing value near \"%s\" "
+                 "(see sandgate egress --help)", argv[optind - 1]);
+      else
+        snprintf(err, errlen, "unknown flag \"%s\" (see sandgate egress --help)",
+                 argv[optind - 1]);
+      return -EINVAL;
+    }
+  }
+  if (optind < argc) {
+    snprintf(err, errlen, "unexpected argument \"%s\"", argv[optind]);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+int sg_egress_config_load(sg_egress_config_t *c, int argc, char **argv,
+                          char *err, size_t errlen) {
+  raw_t r;
+  int rc = collect(&r, argc, argv, err, errlen);
+  if (rc)
+    return rc;
+  memset(c, 0, sizeof(*c));
+  unsigned long v;
+
+  const char *home = env("SANDGATE_HOME");
+  c->data_dir = home ? home : SG_DATA_DIR;
+
+  c->upstream_timeout_ms = 5000;
+  if (r.upstream_timeout) {
+    /* OpenSandbox takes whole seconds; more than 120 is a typo, not a
+     * wish, and is refused rather than silently clamped. */
+    if ((rc = parse_uint("OPENSANDBOX_EGRESS_DNS_UPSTREAM_TIMEOUT",
+                         r.upstream_timeout, 1, 120, &v, err, errlen)))
+      return rc;
+    c->upstream_timeout_ms = (uint32_t)v * 1000;
+  }
+
+  if (r.upstream) {
+    if ((rc = parse_addr_list("OPENSANDBOX_EGRESS_DNS_UPSTREAM", r.upstream,
+                              53, c->upstreams, SG_UPSTREAM_MAX,
+                              &c->nupstreams, err, errlen)))
+      return rc;
+    if (c->nupstreams == 0) {
+      snprintf(err, errlen, "OPENSANDBOX_EGRESS_DNS_UPSTREAM: no address");
+      return -EINVAL;
+    }
+  } else {
+    char perr[256];
+    rc = sg_upstream_from_resolv_conf(DEFAULT_RESOLV_CONF, c->upstreams,
+                                      SG_UPSTREAM_MAX, perr, sizeof(perr));
+    if (rc < 0) {
+      snprintf(err, errlen,
+               "no upstream nameserver: OPENSANDBOX_EGRESS_DNS_UPSTREAM is "
+               "unset and %s",
+               perr);
+      return rc;
+    }
+    c->nupstreams = rc;
+  }
+
+  if (r.listen) {
+    c->listen_explicit = 1;
+    if ((rc = parse_addr_list("--listen", r.listen, DEFAULT_DNS_PORT,
+                              c->listen, SG_DNS_SERVER_MAX_LISTEN,
+                              &c->nlisten, err, errlen)))
+      return rc;
+  } else {
+    char perr[64];
+    sg_sockaddr_parse("127.0.0.1", DEFAULT_DNS_PORT, &c->listen[0], perr,
+                      sizeof(perr));
+    sg_sockaddr_parse("::1", DEFAULT_DNS_PORT, &c->listen[1], perr,
+                      sizeof(perr));
+    c->nlisten = 2;
+  }
+
+  c->policy_file = r.policy_file;
+  if (r.rules && r.rules[0] == '@') {
+    char *text;
+    if ((rc = read_whole_file(r.rules + 1, &text, err, errlen)))
+      return rc;
+    c->rules_owned = text;
+    c->rules = text;
+  } else {
+    c->rules = r.rules;
+  }
+
+  static char default_script[4096];
+  snprintf(default_script, sizeof(default_script),
+           "%s/policies/egress/default.lua", c->data_dir);
+  c->script = r.script ? r.script : default_script;
+
+  c->intercept = !truthy(r.no_intercept);
+  c->remove_on_exit = 1;
+  if (r.on_exit) {
+    if (strcasecmp(r.on_exit, "remove") == 0)
+      c->remove_on_exit = 1;
+    else if (strcasecmp(r.on_exit, "keep") == 0)
+      c->remove_on_exit = 0;
+    else {
+      snprintf(err, errlen,
+               "SANDGATE_EGRESS_ON_EXIT: \"%s\" is not keep or remove",
+               r.on_exit);
+      return -EINVAL;
+    }
+  }
+
+  c->log_queries = !(r.log_queries && (strcmp(r.log_queries, "0") == 0 ||
+                                       strcasecmp(r.log_queries, "false") == 0 ||
+                                       strcasecmp(r.log_queries, "off") == 0));
+  c->log_level = SG_LOG_INFO;
+  if (r.log_level) {
+    c->log_level = sg_log_parse_level(r.log_level);
+    if (c->log_level < 0) {
+      snprintf(err, errlen,
+               "SANDGATE_LOG_LEVEL: \"%s\" is not debug, info, warn or error",
+               r.log_level);
+      return -EINVAL;
+    }
+  }
+
+  c->tcp_idle_ms = 10000;
+  if (r.tcp_idle) {
+    if ((rc = parse_uint("SANDGATE_DNS_TCP_IDLE_TIMEOUT", r.tcp_idle, 1, 3600,
+                         &v, err, errlen)))
+      return rc;
+    c->tcp_idle_ms = (uint32_t)v * 1000;
+  }
+  c->tcp_max_clients = 256;
+  if (r.tcp_max) {
+    if ((rc = parse_uint("SANDGATE_DNS_TCP_MAX_CLIENTS", r.tcp_max, 1, 65535,
+                         &v, err, errlen)))
+      return rc;
+    c->tcp_max_clients = (int)v;
+  }
+  c->script_mem = 64u << 20;
+  if (r.script_mem) {
+    if ((rc = parse_uint("SANDGATE_SCRIPT_MEMORY_MB", r.script_mem, 1, 4096,
+                         &v, err, errlen)))
+      return rc;
+    c->script_mem = (size_t)v << 20;
+  }
+  c->script_timeout_ms = 100;
+  if (r.script_timeout) {
+    if ((rc = parse_uint("SANDGATE_SCRIPT_TIMEOUT_MS", r.script_timeout, 1,
+                         60000, &v, err, errlen)))
+      return rc;
+    c->script_timeout_ms = (uint32_t)v;
+  }
+  return 0;
+}
+
+void sg_egress_config_free(sg_egress_config_t *c) {
+  free(c->rules_owned);
+  c->rules_owned = NULL;
+}

@@ -1,0 +1,362 @@
+#include "egress/egress.h"
+
+#include <errno.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "dns/server.h"
+#include "dns/upstream.h"
+#include "nft/intercept.h"
+#include "script/vm.h"
+#include "util/log.h"
+#include "util/sockaddr.h"
+
+/* A burst of file events (an editor writing, renaming, touching) becomes
+ * one reload after this quiet period. */
+#define RELOAD_DEBOUNCE_MS 100
+
+typedef struct {
+  uv_loop_t *loop;
+  sg_egress_config_t cfg;
+  sg_vm_t *vm;        /* the running policy; swapped whole on reload */
+  char *policy_json;  /* the current policy document (NULL = deny-all) */
+  sg_upstream_t *upstream;
+  sg_dns_server_t *server;
+  int intercept_installed;
+  uv_signal_t sighup, sigterm, sigint;
+  uv_fs_event_t watch;
+  uv_timer_t debounce;
+  char script_dir[4096];
+  char script_base[1024];
+  uint64_t script_errors;
+  uint64_t reloads, reload_failures;
+  int stopping;
+} egress_t;
+
+static int decide(void *ctx, const sg_dns_request_t *r) {
+  egress_t *e = ctx;
+  sg_vm_query_t q = {
+      .name = r->query->name,
+      .name_len = r->query->name_len,
+      .qtype = r->qtype_name,
+      .client = r->client_ip,
+      .transport = r->transport,
+  };
+  sg_vm_verdict_t v;
+  sg_vm_status_t st = sg_vm_decide(e->vm, &q, &v);
+  if (st != SG_VM_OK) {
+    /* Fail closed: the verdict is already deny. */
+    e->script_errors++;
+    sg_logline_t l;
+    sg_log_begin(&l, SG_LOG_ERROR, "policy.decide_failed");
+    sg_log_strn(&l, "name", q.name, q.name_len);
+    sg_log_str(&l, "qtype", q.qtype);
+    sg_log_str(&l, "client", q.client);
+    sg_log_str(&l, "verdict", "deny");
+    sg_log_str(&l, "error", v.error);
+    sg_log_end(&l);
+    return 0;
+  }
+  if (e->cfg.log_queries && sg_log_enabled(SG_LOG_INFO)) {
+    sg_logline_t l;
+    sg_log_begin(&l, SG_LOG_INFO, "dns.query");
+    sg_log_strn(&l, "name", q.name, q.name_len);
+    sg_log_str(&l, "qtype", q.qtype);
+    sg_log_str(&l, "client", q.client);
+    sg_log_str(&l, "transport", q.transport);
+    sg_log_str(&l, "verdict", v.allow ? "allow" : "deny");
+    sg_log_str(&l, "rule", v.rule[0] ? v.rule : NULL);
+    sg_log_end(&l);
+  }
+  return v.allow;
+}
+
+/* Builds a VM for the configured script and the given document. */
+static int build_vm(egress_t *e, const char *policy_json, sg_vm_t **out,
+                    char *err, size_t errlen) {
+  sg_vm_opts_t o = {
+      .data_dir = e->cfg.data_dir,
+      .script_path = e->cfg.script,
+      .policy_json = policy_json,
+      .policy_len = policy_json ? strlen(policy_json) : 0,
+      .mem_limit = e->cfg.script_mem,
+      .call_budget_ms = e->cfg.script_timeout_ms,
+  };
+  return sg_vm_new_egress(&o, out, err, errlen);
+}
+
+/* Reloads the script with the current document. The new VM replaces the
+ * old one only when it loaded completely; otherwise nothing changes. */
+static void reload(egress_t *e, const char *trigger) {
+  char err[1024];
+  sg_vm_t *vm;
+  if (build_vm(e, e->policy_json, &vm, err, sizeof(err))) {
+    e->reload_failures++;
+    sg_logline_t l;
+    sg_log_begin(&l, SG_LOG_ERROR, "policy.reload_failed");
+    sg_log_str(&l, "trigger", trigger);
+    sg_log_str(&l, "script", e->cfg.script);
+    sg_log_str(&l, "error", err);
+    sg_log_str(&l, "kept", "previous script");
+    sg_log_end(&l);
+    return;
+  }
+  sg_vm_t *old = e->vm;
+  e->vm = vm;
+  sg_vm_unref(old);
+  e->reloads++;
+  sg_logline_t l;
+  sg_log_begin(&l, SG_LOG_INFO, "policy.reloaded");
+  sg_log_str(&l, "trigger", trigger);
+  sg_log_str(&l, "script", e->cfg.script);
+  sg_log_int(&l, "vm_bytes", (long long)sg_vm_mem_used(vm));
+  sg_log_end(&l);
+}
+
+static void on_debounce(uv_timer_t *t) {
+  reload(t->data, "file-change");
+}
+
+static void on_script_event(uv_fs_event_t *h, const char *filename,
+                            int events, int status) {
+  (void)events;
+  egress_t *e = h->data;
+  if (status < 0 || !filename || strcmp(filename, e->script_base) != 0)
+    return;
+  uv_timer_start(&e->debounce, on_debounce, RELOAD_DEBOUNCE_MS, 0);
+}
+
+static void on_sighup(uv_signal_t *h, int signum) {
+  (void)signum;
+  reload(h->data, "SIGHUP");
+}
+
+static void close_handle(uv_handle_t *h) {
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
+}
+
+static void stop(egress_t *e, const char *why) {
+  if (e->stopping)
+    return;
+  e->stopping = 1;
+  sg_log_msg(SG_LOG_INFO, "egress.stopping", "%s", why);
+  sg_dns_server_close(e->server);
+  e->server = NULL;
+  sg_upstream_close(e->upstream);
+  e->upstream = NULL;
+  close_handle((uv_handle_t *)&e->sighup);
+  close_handle((uv_handle_t *)&e->sigterm);
+  close_handle((uv_handle_t *)&e->sigint);
+  close_handle((uv_handle_t *)&e->watch);
+  close_handle((uv_handle_t *)&e->debounce);
+  if (e->intercept_installed) {
+    char err[512];
+    if (!e->cfg.remove_on_exit) {
+      sg_log_msg(SG_LOG_INFO, "nft.kept",
+                 "table inet %s kept (SANDGATE_EGRESS_ON_EXIT=keep)",
+                 SG_NFT_TABLE);
+    } else if (sg_nft_intercept_remove(err, sizeof(err))) {
+      sg_log_msg(SG_LOG_ERROR, "nft.remove_failed", "%s", err);
+    } else {
+      sg_log_msg(SG_LOG_INFO, "nft.removed", "table inet %s removed",
+                 SG_NFT_TABLE);
+    }
+  }
+}
+
+static void on_stop_signal(uv_signal_t *h, int signum) {
+  stop(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+static char *read_text_file(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return NULL;
+  size_t cap = 8192, len = 0, n;
+  char *buf = malloc(cap);
+  while (buf && (n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+    len += n;
+    if (len + 1 == cap) {
+      char *nb = realloc(buf, cap *= 2);
+      if (!nb) {
+        free(buf);
+        buf = NULL;
+      }
+      buf = nb;
+    }
+  }
+  fclose(f);
+  if (buf)
+    buf[len] = 0;
+  return buf;
+}
+
+static int blank(const char *s) {
+  for (; s && *s; s++)
+    if (*s != ' ' && *s != '\n' && *s != '\r' && *s != '\t')
+      return 0;
+  return 1;
+}
+
+/* The initial policy: the policy file when it holds a valid document, else
+ * OPENSANDBOX_EGRESS_RULES (which must be valid), else deny-all. */
+static int load_initial_policy(egress_t *e) {
+  char err[1024];
+  const char *file = e->cfg.policy_file;
+  if (file) {
+    char *text = read_text_file(file);
+    if (text && !blank(text)) {
+      if (build_vm(e, text, &e->vm, err, sizeof(err)) == 0) {
+        e->policy_json = text;
+        sg_log_msg(SG_LOG_INFO, "policy.loaded", "from policy file %s", file);
+        return 0;
+      }
+      sg_log_msg(SG_LOG_WARN, "policy.file_invalid",
+                 "ignoring policy file %s: %s", file, err);
+    }
+    free(text);
+  }
+  if (e->cfg.rules) {
+    if (build_vm(e, e->cfg.rules, &e->vm, err, sizeof(err))) {
+      sg_log_msg(SG_LOG_ERROR, "egress.start_failed",
+                 "invalid OPENSANDBOX_EGRESS_RULES: %s", err);
+      return -EINVAL;
+    }
+    e->policy_json = strdup(e->cfg.rules);
+    sg_log_msg(SG_LOG_INFO, "policy.loaded",
+               "from OPENSANDBOX_EGRESS_RULES");
+    return 0;
+  }
+  if (build_vm(e, NULL, &e->vm, err, sizeof(err))) {
+    sg_log_msg(SG_LOG_ERROR, "egress.start_failed",
+               "cannot load policy script %s: %s", e->cfg.script, err);
+    return -EINVAL;
+  }
+  sg_log_msg(SG_LOG_INFO, "policy.loaded", "no policy given: deny-all");
+  return 0;
+}
+
+static void start_watch(egress_t *e) {
+  char tmp[4096];
+  snprintf(tmp, sizeof(tmp), "%s", e->cfg.script);
+  snprintf(e->script_base, sizeof(e->script_base), "%s", basename(tmp));
+  snprintf(tmp, sizeof(tmp), "%s", e->cfg.script);
+  snprintf(e->script_dir, sizeof(e->script_dir), "%s", dirname(tmp));
+  uv_fs_event_init(e->loop, &e->watch);
+  e->watch.data = e;
+  /* The directory, not the file: editors and `mv` replace the file, which
+   * would leave a watch on the old inode. */
+  int rc = uv_fs_event_start(&e->watch, on_script_event, e->script_dir, 0);
+  if (rc)
+    sg_log_msg(SG_LOG_WARN, "policy.watch_failed",
+               "not watching %s for changes: %s (SIGHUP still reloads)",
+               e->script_dir, uv_strerror(rc));
+}
+
+int sg_egress_main(int argc, char **argv) {
+  egress_t e;
+  memset(&e, 0, sizeof(e));
+  char err[1024];
+  int rc = sg_egress_config_load(&e.cfg, argc, argv, err, sizeof(err));
+  if (rc == 1)
+    return 0;
+  if (rc) {
+    sg_log_msg(SG_LOG_ERROR, "egress.bad_config", "%s", err);
+    fprintf(stderr, "sandgate egress: %s\n", err);
+    return 2;
+  }
+  sg_log_set_level((sg_log_level_t)e.cfg.log_level);
+  e.loop = uv_default_loop();
+
+  if (load_initial_policy(&e)) {
+    sg_egress_config_free(&e.cfg);
+    return 1;
+  }
+
+  sg_upstream_opts_t uo = {
+      .nservers = e.cfg.nupstreams,
+      .timeout_ms = e.cfg.upstream_timeout_ms,
+      .mark = e.cfg.intercept ? 0x1 : 0,
+  };
+  memcpy(uo.servers, e.cfg.upstreams, sizeof(uo.servers));
+  if ((rc = sg_upstream_new(e.loop, &uo, &e.upstream, err, sizeof(err)))) {
+    sg_log_msg(SG_LOG_ERROR, "egress.start_failed", "%s", err);
+    goto fail;
+  }
+
+  sg_dns_server_opts_t so = {
+      .nlisten = e.cfg.nlisten,
+      .tcp_idle_ms = e.cfg.tcp_idle_ms,
+      .tcp_max_clients = e.cfg.tcp_max_clients,
+      .upstream = e.upstream,
+      .decide = decide,
+      .decide_ctx = &e,
+  };
+  memcpy(so.listen, e.cfg.listen, sizeof(so.listen));
+  if ((rc = sg_dns_server_start(e.loop, &so, &e.server, err, sizeof(err)))) {
+    sg_log_msg(SG_LOG_ERROR, "egress.start_failed", "%s", err);
+    goto fail;
+  }
+
+  if (e.cfg.intercept) {
+    sg_nft_intercept_opts_t no = {
+        .redirect_port = sg_sockaddr_port((struct sockaddr *)&e.cfg.listen[0]),
+        .bypass_mark = 0x1,
+    };
+    if ((rc = sg_nft_intercept_install(&no, err, sizeof(err)))) {
+      sg_log_msg(SG_LOG_ERROR, "egress.start_failed",
+                 "cannot intercept DNS: %s", err);
+      goto fail;
+    }
+    e.intercept_installed = 1;
+  }
+
+  uv_signal_init(e.loop, &e.sighup);
+  uv_signal_init(e.loop, &e.sigterm);
+  uv_signal_init(e.loop, &e.sigint);
+  e.sighup.data = e.sigterm.data = e.sigint.data = &e;
+  uv_signal_start(&e.sighup, on_sighup, SIGHUP);
+  uv_signal_start(&e.sigterm, on_stop_signal, SIGTERM);
+  uv_signal_start(&e.sigint, on_stop_signal, SIGINT);
+  uv_timer_init(e.loop, &e.debounce);
+  e.debounce.data = &e;
+  start_watch(&e);
+
+  {
+    sg_logline_t l;
+    char a[SG_ADDRSTR_MAX];
+    sg_log_begin(&l, SG_LOG_INFO, "egress.started");
+    sg_log_str(&l, "listen",
+               sg_sockaddr_str((struct sockaddr *)&e.cfg.listen[0], a,
+                               sizeof(a)));
+    sg_log_str(&l, "upstream",
+               sg_sockaddr_str((struct sockaddr *)&e.cfg.upstreams[0], a,
+                               sizeof(a)));
+    sg_log_int(&l, "upstreams", e.cfg.nupstreams);
+    sg_log_str(&l, "script", e.cfg.script);
+    sg_log_bool(&l, "intercept", e.cfg.intercept);
+    sg_log_str(&l, "mode", "dns");
+    sg_log_end(&l);
+  }
+
+  uv_run(e.loop, UV_RUN_DEFAULT);
+  sg_vm_unref(e.vm);
+  free(e.policy_json);
+  sg_egress_config_free(&e.cfg);
+  uv_loop_close(e.loop);
+  return 0;
+
+fail:
+  e.stopping = 1;
+  sg_dns_server_close(e.server);
+  sg_upstream_close(e.upstream);
+  uv_run(e.loop, UV_RUN_DEFAULT);
+  sg_vm_unref(e.vm);
+  free(e.policy_json);
+  sg_egress_config_free(&e.cfg);
+  return 1;
+}

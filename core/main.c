@@ -1,0 +1,34 @@
+/* sandgate: one binary, one subcommand per process role. */
+#include <stdio.h>
+#include <string.h>
+
+#include "egress/egress.h"
+
+#define SANDGATE_VERSION "0.1.0"
+
+static const char usage[] =
+    "usage: sandgate <command> [flags]\n"
+    "\n"
+    "commands:\n"
+    "  egress     the egress plane of a sandbox: policy DNS proxy + interception\n"
+    "  version    print the version\n"
+    "\n"
+    "Not built yet (see README): ingress, portproxy, run, check, test.\n"
+    "Run `sandgate <command> --help` for the flags of a command.\n";
+
+int main(int argc, char **argv) {
+  if (argc < 2 || strcmp(argv[1], "--help") == 0 ||
+      strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+    fputs(usage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "egress") == 0)
+    return sg_egress_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+    printf("sandgate %s\n", SANDGATE_VERSION);
+    return 0;
+  }
+  fprintf(stderr, "sandgate: unknown command \"%s\"\n\n%s", cmd, usage);
+  return 2;
+}

@@ -1,0 +1,304 @@
+#include "script/vm.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <uv.h>
+
+#include "util/log.h"
+
+/* Scripts bigger than this are refused before Lua sees them. */
+#define SCRIPT_MAX_BYTES (4u << 20)
+/* The budget hook runs every this many interpreted instructions. */
+#define HOOK_EVERY 1000
+
+struct sg_vm {
+  lua_State *L;
+  int refs;
+  size_t mem_used;
+  size_t mem_limit;
+  uint64_t deadline_ns; /* 0 while no call is running */
+  uint32_t call_budget_ms;
+  int timed_out;
+};
+
+/* The allocator is the memory cap: LuaJIT turns a NULL into a "not enough
+ * memory" error in the script, and the state stays usable. Shrinking and
+ * freeing always succeed. */
+static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  sg_vm_t *vm = ud;
+  size_t old = ptr ? osize : 0;
+  if (nsize == 0) {
+    free(ptr);
+    vm->mem_used -= old;
+    return NULL;
+  }
+  if (nsize > old && vm->mem_used + (nsize - old) > vm->mem_limit)
+    return NULL;
+  void *p = realloc(ptr, nsize);
+  if (!p)
+    return NULL;
+  vm->mem_used = vm->mem_used - old + nsize;
+  return p;
+}
+
+static sg_vm_t *vm_of(lua_State *L) {
+  void *ud;
+  lua_getallocf(L, &ud);
+  return ud;
+}
+
+static void budget_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  sg_vm_t *vm = vm_of(L);
+  if (vm->deadline_ns && uv_hrtime() > vm->deadline_ns) {
+    vm->timed_out = 1;
+    luaL_error(L, "script exceeded its time budget");
+  }
+}
+
+static int l_budget_exceeded(lua_State *L) {
+  lua_pushboolean(L, vm_of(L)->timed_out);
+  return 1;
+}
+
+/* log sink for sandgate.log: (level, event, fields) where fields is a table
+ * that is encoded with cjson on the Lua side of this call. */
+static int l_log(lua_State *L) {
+  const char *level_s = luaL_checkstring(L, 1);
+  const char *event = luaL_checkstring(L, 2);
+  int level = sg_log_parse_level(level_s);
+  if (level < 0)
+    level = SG_LOG_INFO;
+  if (!sg_log_enabled((sg_log_level_t)level))
+    return 0;
+  size_t flen = 0;
+  const char *fields = NULL;
+  if (lua_istable(L, 3)) {
+    lua_getfield(L, LUA_REGISTRYINDEX, "sg.cjson_encode");
+    lua_pushvalue(L, 3);
+    if (lua_pcall(L, 1, 1, 0) == 0 && lua_isstring(L, -1))
+      fields = lua_tolstring(L, -1, &flen);
+  }
+  sg_logline_t line;
+  sg_log_begin(&line, (sg_log_level_t)level, event);
+  sg_log_str(&line, "source", "script");
+  if (fields)
+    sg_log_merge(&line, fields, flen);
+  sg_log_end(&line);
+  return 0;
+}
+
+static int read_file(const char *path, char **out, size_t *len, char *err,
+                     size_t errlen) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    int e = errno;
+    snprintf(err, errlen, "cannot open script %s: %s", path, strerror(e));
+    return -e;
+  }
+  char *buf = malloc(SCRIPT_MAX_BYTES + 1);
+  size_t n = buf ? fread(buf, 1, SCRIPT_MAX_BYTES + 1, f) : 0;
+  int bad = !buf || ferror(f) || n > SCRIPT_MAX_BYTES;
+  fclose(f);
+  if (bad) {
+    free(buf);
+    snprintf(err, errlen, "cannot read script %s (larger than %u bytes?)",
+             path, SCRIPT_MAX_BYTES);
+    return -EIO;
+  }
+  buf[n] = 0;
+  *out = buf;
+  *len = n;
+  return 0;
+}
+
+static void vm_free(sg_vm_t *vm) {
+  if (vm->L)
+    lua_close(vm->L);
+  free(vm);
+}
+
+/* Runs the function on top of the stack with nargs below it under the load
+ * budget; on error copies the message into err. */
+static int call_bounded(sg_vm_t *vm, int nargs, int nres, uint32_t budget_ms,
+                        char *err, size_t errlen) {
+  lua_State *L = vm->L;
+  vm->timed_out = 0;
+  vm->deadline_ns = uv_hrtime() + (uint64_t)budget_ms * 1000000u;
+  int rc = lua_pcall(L, nargs, nres, 0);
+  vm->deadline_ns = 0;
+  if (rc == 0)
+    return 0;
+  const char *msg = lua_tostring(L, -1);
+  if (rc == LUA_ERRMEM)
+    snprintf(err, errlen, "script exceeded its memory limit of %zu MiB",
+             vm->mem_limit >> 20);
+  else if (vm->timed_out)
+    snprintf(err, errlen, "script exceeded its time budget of %u ms",
+             budget_ms);
+  else
+    snprintf(err, errlen, "%s", msg ? msg : "unknown error");
+  lua_pop(L, 1);
+  return -EINVAL;
+}
+
+int sg_vm_new_egress(const sg_vm_opts_t *o, sg_vm_t **out, char *err,
+                     size_t errlen) {
+  char *owned_src = NULL;
+  const char *src = o->script_src;
+  size_t src_len = o->script_len;
+  if (!src) {
+    int rc = read_file(o->script_path, &owned_src, &src_len, err, errlen);
+    if (rc)
+      return rc;
+    src = owned_src;
+  }
+
+  sg_vm_t *vm = calloc(1, sizeof(*vm));
+  if (!vm) {
+    free(owned_src);
+    snprintf(err, errlen, "out of memory");
+    return -ENOMEM;
+  }
+  vm->refs = 1;
+  vm->mem_limit = o->mem_limit ? o->mem_limit : SG_VM_DEFAULT_MEM_LIMIT;
+  vm->call_budget_ms =
+      o->call_budget_ms ? o->call_budget_ms : SG_VM_DEFAULT_CALL_BUDGET_MS;
+  uint32_t load_budget =
+      o->load_budget_ms ? o->load_budget_ms : SG_VM_DEFAULT_LOAD_BUDGET_MS;
+
+  lua_State *L = vm->L = lua_newstate(vm_alloc, vm);
+  if (!L) {
+    vm_free(vm);
+    free(owned_src);
+    snprintf(err, errlen, "cannot create a Lua state");
+    return -ENOMEM;
+  }
+  luaL_openlibs(L);
+  lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+
+  /* Shipped modules come from <data_dir>/lua only. */
+  lua_getglobal(L, "package");
+  lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua", o->data_dir,
+                  o->data_dir);
+  lua_setfield(L, -2, "path");
+  lua_pop(L, 1);
+
+  char chunkname[1024];
+  snprintf(chunkname, sizeof(chunkname), "@%s",
+           o->script_path ? o->script_path : "(uploaded script)");
+
+  /* require "sandgate.host"; host.init(natives); host.egress(src, name, doc)
+   * -> entry, hooks. The entry function stays at stack index 1 for the VM's
+   * life, so a query pushes no registry lookups. */
+  int rc = -EINVAL;
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "cjson");
+  if (call_bounded(vm, 1, 1, load_budget, err, errlen))
+    goto fail;
+  lua_getfield(L, -1, "encode");
+  lua_setfield(L, LUA_REGISTRYINDEX, "sg.cjson_encode");
+  lua_pop(L, 1);
+
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "sandgate.host");
+  if (call_bounded(vm, 1, 1, load_budget, err, errlen))
+    goto fail;
+  int host = lua_gettop(L);
+
+  lua_getfield(L, host, "init");
+  lua_newtable(L);
+  lua_pushcfunction(L, l_log);
+  lua_setfield(L, -2, "log");
+  lua_pushcfunction(L, l_budget_exceeded);
+  lua_setfield(L, -2, "budget_exceeded");
+  if (call_bounded(vm, 1, 0, load_budget, err, errlen))
+    goto fail;
+
+  lua_getfield(L, host, "egress");
+  lua_pushlstring(L, src, src_len);
+  lua_pushstring(L, chunkname);
+  if (o->policy_json)
+    lua_pushlstring(L, o->policy_json, o->policy_len);
+  else
+    lua_pushnil(L);
+  if (call_bounded(vm, 3, 1, load_budget, err, errlen))
+    goto fail;
+  lua_replace(L, 1);
+  lua_settop(L, 1);
+  free(owned_src);
+  *out = vm;
+  return 0;
+
+fail:
+  free(owned_src);
+  vm_free(vm);
+  return rc;
+}
+
+sg_vm_t *sg_vm_ref(sg_vm_t *vm) {
+  if (vm)
+    vm->refs++;
+  return vm;
+}
+
+void sg_vm_unref(sg_vm_t *vm) {
+  if (vm && --vm->refs == 0)
+    vm_free(vm);
+}
+
+size_t sg_vm_mem_used(const sg_vm_t *vm) { return vm->mem_used; }
+
+sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
+                            sg_vm_verdict_t *v) {
+  lua_State *L = vm->L;
+  v->allow = 0;
+  v->rule[0] = 0;
+  v->error[0] = 0;
+
+  lua_pushvalue(L, 1);
+  lua_pushlstring(L, q->name, q->name_len);
+  lua_pushstring(L, q->qtype);
+  lua_pushstring(L, q->client);
+  lua_pushstring(L, q->transport);
+  vm->timed_out = 0;
+  vm->deadline_ns = uv_hrtime() + (uint64_t)vm->call_budget_ms * 1000000u;
+  int rc = lua_pcall(L, 4, 2, 0);
+  vm->deadline_ns = 0;
+
+  sg_vm_status_t st = SG_VM_OK;
+  if (rc != 0) {
+    const char *msg = lua_tostring(L, -1);
+    if (rc == LUA_ERRMEM) {
+      st = SG_VM_NOMEM;
+      snprintf(v->error, sizeof(v->error),
+               "script exceeded its memory limit of %zu MiB",
+               vm->mem_limit >> 20);
+    } else if (vm->timed_out) {
+      st = SG_VM_TIMEOUT;
+      snprintf(v->error, sizeof(v->error),
+               "script exceeded its time budget of %u ms", vm->call_budget_ms);
+    } else {
+      st = SG_VM_ERR;
+      snprintf(v->error, sizeof(v->error), "%s", msg ? msg : "unknown error");
+    }
+  } else {
+    v->allow = lua_tointeger(L, -2) == 1;
+    size_t rlen;
+    const char *rule = lua_tolstring(L, -1, &rlen);
+    if (rule) {
+      if (rlen >= sizeof(v->rule))
+        rlen = sizeof(v->rule) - 1;
+      memcpy(v->rule, rule, rlen);
+      v->rule[rlen] = 0;
+    }
+  }
+  lua_settop(L, 1);
+  return st;
+}

@@ -1,0 +1,73 @@
+/* The Lua policy host: one LuaJIT state per loaded script.
+ *
+ * A VM is built completely off to the side (state, sandbox, script, policy
+ * document, self-test) and only then handed to the caller, who swaps one
+ * pointer: a broken script or document never replaces a working VM. Every
+ * call into Lua runs under a memory cap (a custom allocator) and a time
+ * budget (a count hook that checks a deadline). User scripts are kept
+ * interpreted (jit.off on their chunk) so the hook always sees them; the
+ * shipped modules they call stay JIT-compiled. */
+#ifndef SG_SCRIPT_VM_H
+#define SG_SCRIPT_VM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct sg_vm sg_vm_t;
+
+typedef struct {
+  const char *data_dir;    /* holds lua/ (the shipped modules) */
+  const char *script_path; /* names the chunk in errors; read if src NULL */
+  const char *script_src;  /* optional: the source itself (API upload) */
+  size_t script_len;
+  const char *policy_json; /* the policy document; NULL or "" = deny-all */
+  size_t policy_len;
+  size_t mem_limit;        /* bytes the state may hold; 0 = default */
+  uint32_t call_budget_ms; /* per hook call; 0 = default */
+  uint32_t load_budget_ms; /* script chunk + load() + selftest; 0 = default */
+} sg_vm_opts_t;
+
+#define SG_VM_DEFAULT_MEM_LIMIT (64u << 20)
+#define SG_VM_DEFAULT_CALL_BUDGET_MS 100
+#define SG_VM_DEFAULT_LOAD_BUDGET_MS 5000
+
+typedef enum {
+  SG_VM_OK = 0,
+  SG_VM_ERR,     /* the script raised an error or returned nonsense */
+  SG_VM_TIMEOUT, /* the call ran past its time budget */
+  SG_VM_NOMEM,   /* the state hit its memory cap */
+} sg_vm_status_t;
+
+/* Builds an egress VM. On failure returns a negative errno-style code and a
+ * message with file:line in err; *out is left untouched. */
+int sg_vm_new_egress(const sg_vm_opts_t *opts, sg_vm_t **out, char *err,
+                     size_t errlen);
+
+/* VMs are reference counted so that whoever started work on one finishes on
+ * it after a reload swapped in another. sg_vm_unref(NULL) is a no-op. */
+sg_vm_t *sg_vm_ref(sg_vm_t *vm);
+void sg_vm_unref(sg_vm_t *vm);
+
+typedef struct {
+  const char *name; /* presentation form, lower-case, no trailing dot */
+  size_t name_len;
+  const char *qtype;     /* "A", "AAAA", "TYPE65" */
+  const char *client;    /* client IP */
+  const char *transport; /* "udp" or "tcp" */
+} sg_vm_query_t;
+
+typedef struct {
+  int allow;       /* 1 allow, 0 deny (also on every error: fail closed) */
+  char rule[160];  /* the rule reference the script gave, "" if none */
+  char error[512]; /* set when the status is not SG_VM_OK */
+} sg_vm_verdict_t;
+
+/* Asks the script's decide hook. Never fails open: on any error the verdict
+ * is deny and the status says why. */
+sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
+                            sg_vm_verdict_t *v);
+
+/* Bytes currently held by the state (for /metrics and the RSS budget). */
+size_t sg_vm_mem_used(const sg_vm_t *vm);
+
+#endif

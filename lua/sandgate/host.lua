@@ -1,0 +1,213 @@
+-- The trusted side of a policy VM: builds the sandbox a user script runs in,
+-- loads the script and the policy document, runs the self-test, and returns
+-- the per-query entry point the C core calls.
+--
+-- This module runs with the full standard library; the scripts it loads never
+-- see it (they cannot require it) and get only the environment built below.
+local cjson = require "cjson.safe"
+local log = require "sandgate.log"
+
+local type, tostring, error, pcall, xpcall, select, unpack =
+  type, tostring, error, pcall, xpcall, select, unpack
+local str_format, str_match = string.format, string.match
+
+local M = {}
+
+-- Set by init(): C functions of the host.
+local native = {}
+
+-- The message LuaJIT puts first on an error raised by the budget hook; a
+-- script's own pcall must not be able to swallow it (see guard_pcall).
+local BUDGET = "script exceeded its time budget"
+
+local function budget_exceeded()
+  return native.budget_exceeded and native.budget_exceeded()
+end
+
+-- A pcall for scripts that re-raises once the time budget is spent, so that
+-- `while true do pcall(loop) end` still ends.
+local function guard(ok, ...)
+  if not ok and budget_exceeded() then
+    error(BUDGET, 0)
+  end
+  return ok, ...
+end
+
+local function safe_pcall(f, ...)
+  return guard(pcall(f, ...))
+end
+
+local function safe_xpcall(f, handler, ...)
+  local args, n = { ... }, select("#", ...)
+  return guard(xpcall(function() return f(unpack(args, 1, n)) end, handler))
+end
+
+local function copy(t, names)
+  local out = {}
+  if names then
+    for i = 1, #names do out[names[i]] = t[names[i]] end
+  else
+    for k, v in pairs(t) do out[k] = v end
+  end
+  return out
+end
+
+-- Modules a script may require: the shipped building blocks and JSON.
+-- sandgate.host (this file) is not among them.
+local function allowed_module(name)
+  if name == "cjson" or name == "cjson.safe" then return true end
+  return str_match(name, "^sandgate%.[%w_%.]+$") ~= nil and name ~= "sandgate.host"
+end
+
+local function sandbox_env()
+  local env = {
+    assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
+    pcall = safe_pcall, xpcall = safe_xpcall, select = select,
+    tonumber = tonumber, tostring = tostring, type = type, unpack = unpack,
+    rawequal = rawequal, rawget = rawget, rawset = rawset,
+    setmetatable = setmetatable, getmetatable = getmetatable,
+    string = copy(string), table = copy(table), math = copy(math), bit = copy(bit),
+    os = copy(os, { "time", "date", "clock", "difftime" }),
+  }
+  env.string.dump = nil
+  env._G = env
+  env._VERSION = _VERSION
+  env.require = function(name)
+    if type(name) ~= "string" or not allowed_module(name) then
+      error(str_format("module %q is not available to policy scripts "
+        .. "(allowed: sandgate.*, cjson, cjson.safe)", tostring(name)), 2)
+    end
+    return require(name)
+  end
+  -- Source text only: precompiled bytecode can break out of any sandbox.
+  env.load = function(chunk, name, mode, fenv)
+    if mode ~= nil and mode ~= "t" then
+      error("load: only text chunks are allowed (mode \"t\")", 2)
+    end
+    return load(chunk, name, "t", fenv or env)
+  end
+  env.collectgarbage = function(opt)
+    if opt == nil or opt == "count" or opt == "collect" or opt == "step" then
+      return collectgarbage(opt)
+    end
+    error("collectgarbage: only \"count\", \"collect\" and \"step\" are allowed", 2)
+  end
+  env.print = function(...)
+    local parts = {}
+    for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+    log.info("script.print", { msg = table.concat(parts, "\t") })
+  end
+  return env
+end
+
+-- Errors from a document check come back as "invalid policy: ..." without
+-- the position of the module that raised them: the position means nothing to
+-- whoever sent the document.
+local function clean_policy_error(msg)
+  msg = tostring(msg)
+  local inner = str_match(msg, "(invalid policy: .*)$")
+  return inner or msg
+end
+
+-- Decodes the policy document: empty, null and {} all mean deny-all and
+-- reach load() as nil.
+local function decode_policy(text)
+  if text == nil or str_match(text, "^%s*$") then return nil end
+  local doc, err = cjson.decode(text)
+  if err then
+    error("invalid policy: not valid JSON: " .. tostring(err), 0)
+  end
+  if doc == cjson.null then return nil end
+  if type(doc) == "table" and next(doc) == nil then return nil end
+  return doc
+end
+
+local function load_script(src, chunkname)
+  local chunk, err = load(src, chunkname, "t", sandbox_env())
+  if not chunk then error(err, 0) end
+  -- The script and every function it defines stay interpreted, so the
+  -- budget hook sees all of them; the modules it requires are compiled.
+  jit.off(chunk, true)
+  local ok, hooks = pcall(chunk)
+  if not ok then error(hooks, 0) end
+  if type(hooks) ~= "table" then
+    error(str_format("%s: the script must return a table of hooks, got %s",
+      chunkname:gsub("^@", ""), type(hooks)), 0)
+  end
+  return hooks
+end
+
+local function check_hook(hooks, name, required, chunkname)
+  local f = hooks[name]
+  if f == nil and not required then return nil end
+  if type(f) ~= "function" then
+    error(str_format("%s: hook %q must be a function, got %s",
+      chunkname:gsub("^@", ""), name, type(f)), 0)
+  end
+  return f
+end
+
+local function describe(v)
+  if type(v) == "string" then return str_format("%q", v) end
+  return tostring(v)
+end
+
+-- Builds the per-query entry point around the script's decide hook. The
+-- query table is reused from call to call (a handle valid only during the
+-- call), so a query costs no table allocation.
+local function egress_entry(decide)
+  local q = { name = "", qtype = "", client = "", transport = "" }
+  return function(name, qtype, client, transport)
+    q.name, q.qtype, q.client, q.transport = name, qtype, client, transport
+    local v = decide(q)
+    local tv = type(v)
+    if tv == "table" then
+      local a = v.action
+      if a == "allow" then return 1, v.rule end
+      if a == "deny" then return 0, v.rule end
+      error("decide returned a verdict whose action is " .. describe(a)
+        .. ", expected \"allow\" or \"deny\"", 0)
+    elseif v == "allow" or v == true then
+      return 1
+    elseif v == "deny" or v == false then
+      return 0
+    end
+    error("decide returned " .. describe(v)
+      .. ", expected \"allow\", \"deny\" or {action = ...}", 0)
+  end
+end
+
+function M.init(natives)
+  native = natives or {}
+  if native.log then log.set_sink(native.log) end
+  -- Scripts share the string metatable with the host; without this they
+  -- could swap string functions under the compiled modules.
+  local smt = getmetatable("")
+  if smt then smt.__metatable = false end
+end
+
+-- Loads an egress policy script with a policy document and returns the
+-- entry point for decide. Raises (a string with file:line where the script
+-- is at fault) on any failure.
+function M.egress(src, chunkname, policy_text)
+  local hooks = load_script(src, chunkname)
+  local decide = check_hook(hooks, "decide", true, chunkname)
+  local load_hook = check_hook(hooks, "load", false, chunkname)
+  local selftest = check_hook(hooks, "selftest", false, chunkname)
+  check_hook(hooks, "static_sets", false, chunkname)
+  local doc = decode_policy(policy_text)
+  if load_hook then
+    local ok, err = pcall(load_hook, doc)
+    if not ok then error(clean_policy_error(err), 0) end
+  end
+  if selftest then
+    local ok, err = pcall(selftest)
+    if not ok then error("selftest failed: " .. tostring(err), 0) end
+  end
+  return egress_entry(decide), hooks
+end
+
+M.decode_policy = decode_policy
+M.sandbox_env = sandbox_env
+
+return M

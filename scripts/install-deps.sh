@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything sandgate needs to build, run and test, from Debian 12
+# packages only. Idempotent: packages already present are left alone, and
+# apt's lists are refreshed only when something is missing.
+set -euo pipefail
+
+BUILD_DEPS=(build-essential cmake pkg-config
+  libluajit-5.1-dev luajit libuv1-dev libc-ares-dev libnftnl-dev libmnl-dev
+  node-llhttp lua-cjson libssl-dev)
+TEST_DEPS=(lua-busted clang dnsmasq-base dnsutils iproute2 nftables curl
+  python3 python3-websockets procps)
+
+want=("${BUILD_DEPS[@]}")
+[[ ${1:-} == --build-only ]] || want+=("${TEST_DEPS[@]}")
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#want[@]} packages present"
+  exit 0
+fi
+if [[ $(id -u) -ne 0 ]]; then
+  echo "install-deps: missing ${missing[*]}; run as root (or with sudo)" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: done"

@@ -1,0 +1,103 @@
+local log = require "sandgate.log"
+
+-- Loads a policy script roughly the way the host does: in an environment
+-- that can only require sandgate.* and cjson, with no io and a reduced os.
+local function load_script(path)
+  local function sandbox_require(name)
+    if name:match("^sandgate%.") or name == "cjson" or name == "cjson.safe" then
+      return require(name)
+    end
+    error("module '" .. name .. "' is not available to policy scripts", 2)
+  end
+  local env = {
+    require = sandbox_require, string = string, table = table, math = math,
+    pairs = pairs, ipairs = ipairs, next = next, type = type, select = select,
+    tostring = tostring, tonumber = tonumber, error = error, assert = assert,
+    pcall = pcall, setmetatable = setmetatable, getmetatable = getmetatable,
+    rawget = rawget, rawset = rawset, unpack = unpack,
+    os = { time = os.time, date = os.date, clock = os.clock },
+  }
+  local chunk = assert(loadfile(path, "t", env))
+  return chunk()
+end
+
+local function query(name, qtype)
+  return { name = name, qtype = qtype or "A", client = "10.0.0.2", transport = "udp" }
+end
+
+describe("examples/egress/audit.lua", function()
+  local policy, lines
+
+  before_each(function()
+    lines = {}
+    log.set_sink(function(level, event, fields)
+      lines[#lines + 1] = { level = level, event = event, fields = fields }
+    end)
+    policy = load_script("examples/egress/audit.lua")
+    policy.load({
+      defaultAction = "deny",
+      egress = {
+        { action = "allow", target = "*.pypi.org" },
+        { action = "deny", target = "evil.example" },
+        { action = "allow", target = "10.0.0.0/8" },
+        { action = "deny", target = "192.0.2.0/24" },
+        { action = "deny", target = "2001:db8::/32" },
+      },
+    })
+  end)
+
+  after_each(function()
+    log.set_sink(nil)
+  end)
+
+  it("allows and logs nothing for what the policy allows", function()
+    local v = policy.decide(query("files.pypi.org"))
+    assert.equals("allow", v.action)
+    assert.equals("egress[0] allow *.pypi.org", v.rule)
+    assert.equals(0, #lines)
+  end)
+
+  it("allows what the policy would deny, and logs it", function()
+    local v = policy.decide(query("evil.example", "TXT"))
+    assert.equals("allow", v.action)
+    assert.equals("audit:egress[1] deny evil.example", v.rule)
+    assert.equals(1, #lines)
+    assert.same({ level = "info", event = "policy.audit_would_deny",
+                  fields = { name = "evil.example", qtype = "TXT",
+                             rule = "egress[1] deny evil.example", client = "10.0.0.2" } },
+      lines[1])
+
+    v = policy.decide(query("pypi.org", "AAAA"))
+    assert.equals("allow", v.action)
+    assert.equals("audit:default", v.rule)
+    assert.equals("default", lines[2].fields.rule)
+    assert.equals("pypi.org", lines[2].fields.name)
+  end)
+
+  it("reuses the stand-in verdict for the same rule", function()
+    assert.equals(policy.decide(query("a.example")), policy.decide(query("b.example")))
+    assert.equals(2, #lines)
+  end)
+
+  it("enforces no deny sets but keeps the allow sets", function()
+    assert.same({ allow_v4 = { "10.0.0.0/8" }, allow_v6 = {}, deny_v4 = {}, deny_v6 = {} },
+      policy.static_sets())
+  end)
+
+  it("passes its selftest without logging", function()
+    policy.selftest()
+    assert.equals(0, #lines)
+  end)
+
+  it("keeps the previous policy when load fails", function()
+    assert.has_error(function() policy.load({ defaultAction = "maybe" }) end,
+      'invalid policy: defaultAction: "maybe" is not allow or deny')
+    assert.equals("egress[0] allow *.pypi.org", policy.decide(query("x.pypi.org")).rule)
+  end)
+
+  it("is deny-all (and so audits everything) before load", function()
+    local fresh = load_script("examples/egress/audit.lua")
+    assert.equals("allow", fresh.decide(query("example.com")).action)
+    assert.equals("default", lines[1].fields.rule)
+  end)
+end)

@@ -1,0 +1,505 @@
+local rules = require "sandgate.rules"
+local cjson = require "cjson"
+
+-- Compiles a policy from a list of "action target" strings.
+local function policy(default, list)
+  local egress = {}
+  for i, spec in ipairs(list or {}) do
+    local action, target = spec:match("^(%S*) (.*)$")
+    egress[i] = { action = action, target = target }
+  end
+  return rules.compile({ defaultAction = default, egress = egress })
+end
+
+local function action(p, name) return p:match(name).action end
+local function rule(p, name) return p:match(name).rule end
+
+local function compile_error(doc)
+  local ok, err = pcall(rules.compile, doc)
+  assert.is_false(ok, "compile should have failed")
+  return err
+end
+
+local BAD = " is not a domain name, wildcard (*.suffix), IP address or CIDR"
+
+describe("sandgate.rules", function()
+  describe("empty documents", function()
+    it("treats nil, cjson.null and {} as deny-all", function()
+      for _, doc in ipairs({ false, cjson.null, {}, cjson.decode("{}") }) do
+        local p = rules.compile(doc or nil)
+        assert.equals("deny", p.default_action)
+        assert.equals(0, #p.rules)
+        assert.equals("deny", action(p, "example.com"))
+        assert.equals("deny", action(p, ""))
+        assert.same({ action = "deny", rule = "default" }, p:match("x"))
+      end
+    end)
+
+    it("accepts an empty egress list and a null egress", function()
+      assert.equals("allow", action(rules.compile({ defaultAction = "allow", egress = {} }), "a.b"))
+      assert.equals("allow", action(rules.compile(cjson.decode('{"defaultAction":"allow","egress":null}')), "a.b"))
+    end)
+
+    it("ignores unknown keys", function()
+      local p = rules.compile(cjson.decode(
+        '{"defaultAction":"allow","x":1,"egress":[{"action":"deny","target":"a.com","comment":"no"}]}'))
+      assert.equals("deny", action(p, "a.com"))
+      assert.equals("allow", action(p, "b.com"))
+    end)
+  end)
+
+  describe("actions", function()
+    it("reads defaultAction case-insensitively and trimmed", function()
+      for _, a in ipairs({ "allow", "ALLOW", "Allow", " allow\t", "\nAlLoW " }) do
+        assert.equals("allow", rules.compile({ defaultAction = a }).default_action)
+      end
+      for _, a in ipairs({ "deny", "DENY", " Deny " }) do
+        assert.equals("deny", rules.compile({ defaultAction = a }).default_action)
+      end
+    end)
+
+    it("defaults a missing, null or empty defaultAction to deny", function()
+      assert.equals("deny", rules.compile({ egress = {} }).default_action)
+      assert.equals("deny", rules.compile({ defaultAction = "" }).default_action)
+      assert.equals("deny", rules.compile({ defaultAction = "   " }).default_action)
+      assert.equals("deny", rules.compile({ defaultAction = cjson.null }).default_action)
+    end)
+
+    it("treats an empty or missing rule action as deny", function()
+      local p = rules.compile({ defaultAction = "allow", egress = {
+        { target = "a.com" }, { action = "", target = "b.com" },
+        { action = cjson.null, target = "c.com" }, { action = " ", target = "d.com" },
+      } })
+      for _, n in ipairs({ "a.com", "b.com", "c.com", "d.com" }) do
+        assert.equals("deny", action(p, n))
+      end
+      assert.equals("allow", action(p, "e.com"))
+    end)
+
+    it("reads rule actions case-insensitively", function()
+      local p = rules.compile({ egress = { { action = "ALLOW", target = "a.com" },
+                                           { action = " Allow\t", target = "b.com" } } })
+      assert.equals("allow", action(p, "a.com"))
+      assert.equals("allow", action(p, "b.com"))
+      assert.equals("egress[1] allow b.com", rule(p, "b.com"))
+    end)
+
+    it("rejects other actions, naming value and place", function()
+      assert.equals('invalid policy: defaultAction: "permit" is not allow or deny',
+        compile_error({ defaultAction = "permit" }))
+      assert.equals('invalid policy: egress[1].action: "permit" is not allow or deny',
+        compile_error({ egress = { { action = "allow", target = "a.com" },
+                                   { action = "permit", target = "b.com" } } }))
+      assert.equals('invalid policy: egress[0].action: "allowed" is not allow or deny',
+        compile_error({ egress = { { action = "allowed", target = "a.com" } } }))
+    end)
+  end)
+
+  describe("wrong JSON types", function()
+    local cases = {
+      { '"allow"', "invalid policy: document: expected an object, got string" },
+      { '42', "invalid policy: document: expected an object, got number" },
+      { 'true', "invalid policy: document: expected an object, got boolean" },
+      { '[{"target":"a.com"}]', "invalid policy: document: expected an object, got array" },
+      { '{"defaultAction":1}', "invalid policy: defaultAction: expected a string, got number" },
+      { '{"defaultAction":["allow"]}', "invalid policy: defaultAction: expected a string, got array" },
+      { '{"egress":"a.com"}', "invalid policy: egress: expected an array, got string" },
+      { '{"egress":true}', "invalid policy: egress: expected an array, got boolean" },
+      { '{"egress":{"target":"a.com"}}', "invalid policy: egress: expected an array, got object" },
+      { '{"egress":["a.com"]}', "invalid policy: egress[0]: expected an object, got string" },
+      { '{"egress":[{"target":"a.com"},null]}', "invalid policy: egress[1]: expected an object, got null" },
+      { '{"egress":[["allow","a.com"]]}', "invalid policy: egress[0]: expected an object, got array" },
+      { '{"egress":[{"action":"allow"}]}', "invalid policy: egress[0].target: missing (expected a string)" },
+      { '{"egress":[{"action":"allow","target":null}]}', "invalid policy: egress[0].target: missing (expected a string)" },
+      { '{"egress":[{"target":5}]}', "invalid policy: egress[0].target: expected a string, got number" },
+      { '{"egress":[{"target":{"host":"a"}}]}', "invalid policy: egress[0].target: expected a string, got object" },
+      { '{"egress":[{"action":true,"target":"a.com"}]}', "invalid policy: egress[0].action: expected a string, got boolean" },
+      { '{"egress":[{"action":1,"target":"a.com"}]}', "invalid policy: egress[0].action: expected a string, got number" },
+    }
+    for _, c in ipairs(cases) do
+      it("rejects " .. c[1], function()
+        assert.equals(c[2], compile_error(cjson.decode(c[1])))
+      end)
+    end
+  end)
+
+  describe("invalid targets", function()
+    local cases = {
+      { "", "" },
+      { " ", "" },
+      { "a b", "" },
+      { " example.com", "" },
+      { "example.com ", "" },
+      { "*", "" },
+      { "*.", "" },
+      { ".", "" },
+      { "..", "" },
+      { "a*.b", "" },
+      { "*a.b", "" },
+      { "**.b", "" },
+      { "*.*.b", "" },
+      { "a.*.b", "" },
+      { "foo..bar", "" },
+      { ".foo.bar", "" },
+      { "foo.bar..", "" },
+      { "ex%ample.com", "" },
+      { "exa/mple.com", " (address is not IPv4 or IPv6)" },
+      { "b\195\188cher.de", "" },
+      { "http://a.com", " (not address/prefix-length)" },
+      { "a.com:443", "" },
+      { string.rep("a", 64) .. ".com", " (label longer than 63 characters)" },
+      { "*." .. string.rep("a", 64) .. ".com", " (label longer than 63 characters)" },
+      { string.rep("abcdefghi.", 25) .. "abcd", " (longer than 253 characters)" },
+      { "*." .. string.rep("abcdefghi.", 25) .. "ab", " (longer than 253 characters)" },
+      { "1.2.3", " (all-numeric top-level label, and not a valid IP address)" },
+      { "300.1.1.1", " (all-numeric top-level label, and not a valid IP address)" },
+      { "1.2.3.4.5", " (all-numeric top-level label, and not a valid IP address)" },
+      { "01.2.3.4", " (all-numeric top-level label, and not a valid IP address)" },
+      { "1.2.3.4.", " (all-numeric top-level label, and not a valid IP address)" },
+      { "*.1.2.3", " (all-numeric top-level label, and not a valid IP address)" },
+      { "123", " (all-numeric top-level label, and not a valid IP address)" },
+      { "1:2:3", "" },
+      { "fe80::1%eth0", "" },
+      { "::ffff:300.1.1.1", "" },
+      { "10.0.0.0/33", " (prefix length 33 out of range 0-32)" },
+      { "2001:db8::/129", " (prefix length 129 out of range 0-128)" },
+      { "10.0.0.0/", ' (prefix length "" is not a number)' },
+      { "10.0.0.0/-1", ' (prefix length "-1" is not a number)' },
+      { "10.0.0.0/8/8", " (not address/prefix-length)" },
+      { "10.0.0.0/ 8", ' (prefix length " 8" is not a number)' },
+      { "10.0.0/8", " (address is not IPv4 or IPv6)" },
+      { "/8", " (address is not IPv4 or IPv6)" },
+    }
+    for _, c in ipairs(cases) do
+      it("rejects " .. rules.quote(c[1]), function()
+        local err = compile_error({ defaultAction = "allow", egress = {
+          { action = "allow", target = "ok.example" },
+          { action = "deny", target = "ok2.example" },
+          { action = "deny", target = c[1] },
+        } })
+        assert.equals("invalid policy: egress[2].target: " .. rules.quote(c[1]) .. BAD .. c[2], err)
+      end)
+    end
+
+    it("matches the message format the host documents", function()
+      assert.equals('invalid policy: egress[2].target: "a b" is not a domain name, '
+        .. "wildcard (*.suffix), IP address or CIDR",
+        compile_error({ egress = { { target = "a.com" }, { target = "b.com" }, { target = "a b" } } }))
+    end)
+
+    it("escapes control characters and NULs in messages", function()
+      assert.equals('invalid policy: egress[0].target: "a\\nb"' .. BAD,
+        compile_error({ egress = { { target = "a\nb" } } }))
+      assert.equals('invalid policy: egress[0].target: "1.2.3.4\\u0000x"' .. BAD,
+        compile_error({ egress = { { target = "1.2.3.4\0x" } } }))
+      assert.equals('invalid policy: egress[0].target: "say \\"hi\\""' .. BAD,
+        compile_error({ egress = { { target = 'say "hi"' } } }))
+    end)
+
+    it("cuts very long values in messages", function()
+      local err = compile_error({ egress = { { target = string.rep("x ", 5000) } } })
+      assert.truthy(#err < 400)
+      assert.truthy(err:find('"...', 1, true))
+    end)
+
+    it("accepts names at the length limits", function()
+      local label63 = string.rep("a", 63)
+      local name253 = string.rep("abcdefghi.", 25) .. "abc"
+      assert.equals(253, #name253)
+      local wild253 = "*." .. string.rep("abcdefghi.", 25) .. "a"
+      assert.equals(253, #wild253)
+      local p = policy("deny", { "allow " .. label63 .. ".com", "allow " .. name253,
+                                 "allow " .. wild253, "allow " .. name253 .. "." })
+      assert.equals("allow", action(p, label63 .. ".com"))
+      assert.equals("allow", action(p, name253))
+    end)
+
+    it("accepts underscores, hyphens, digits and numeric inner labels", function()
+      local p = policy("deny", { "allow _dmarc.example.com", "allow -x-.example.com",
+        "allow 1.2.3.example", "allow *.10.in-addr.arpa", "allow 3com.com", "allow localhost" })
+      assert.equals("allow", action(p, "_dmarc.example.com"))
+      assert.equals("allow", action(p, "-x-.example.com"))
+      assert.equals("allow", action(p, "1.2.3.example"))
+      assert.equals("allow", action(p, "4.3.2.10.in-addr.arpa"))
+      assert.equals("allow", action(p, "localhost"))
+    end)
+  end)
+
+  describe("exact and wildcard names", function()
+    it("matches exact names only exactly", function()
+      local p = policy("deny", { "allow api.github.com" })
+      assert.equals("allow", action(p, "api.github.com"))
+      assert.equals("deny", action(p, "github.com"))
+      assert.equals("deny", action(p, "x.api.github.com"))
+      assert.equals("deny", action(p, "api.github.co"))
+      assert.equals("deny", action(p, "api.github.com.evil"))
+    end)
+
+    it("matches wildcards at any depth but not the apex", function()
+      local p = policy("deny", { "allow *.pypi.org" })
+      assert.equals("allow", action(p, "a.pypi.org"))
+      assert.equals("allow", action(p, "files.pypi.org"))
+      assert.equals("allow", action(p, "x.y.pypi.org"))
+      assert.equals("allow", action(p, "a.b.c.d.e.pypi.org"))
+      assert.equals("deny", action(p, "pypi.org"))
+      assert.equals("deny", action(p, "org"))
+      assert.equals("deny", action(p, ""))
+    end)
+
+    it("does not match look-alike suffixes", function()
+      local p = policy("deny", { "allow *.pypi.org", "allow pypi.org" })
+      assert.equals("deny", action(p, "notpypi.org"))
+      assert.equals("deny", action(p, "x.notpypi.org"))
+      assert.equals("deny", action(p, "pypi.org.evil.com"))
+      assert.equals("deny", action(p, "pypi.orgx"))
+      assert.equals("deny", action(p, "xpypi.org"))
+    end)
+
+    it("never lets an escaped dot split a label", function()
+      -- The host escapes a dot inside a label as \046, so "evil\046pypi.org"
+      -- is one label "evil.pypi" under org, and must not match *.pypi.org.
+      local p = policy("deny", { "allow *.pypi.org", "allow a.com" })
+      assert.equals("deny", action(p, "evil\\046pypi.org"))
+      assert.equals("allow", action(p, "evil\\046x.pypi.org"))
+      assert.equals("deny", action(p, "a\\046com"))
+    end)
+
+    it("ignores case and one trailing dot on targets", function()
+      local p = policy("deny", { "allow Example.COM.", "allow *.PyPI.Org.", "deny 1.2.3.4" })
+      assert.equals("allow", action(p, "example.com"))
+      assert.equals("allow", action(p, "files.pypi.org"))
+      assert.equals("egress[0] allow example.com", rule(p, "example.com"))
+      assert.equals("egress[1] allow *.pypi.org", rule(p, "files.pypi.org"))
+      assert.equals("example.com", p.rules[1].target)
+      assert.equals("Example.COM.", p.rules[1].raw)
+      assert.equals("domain", p.rules[1].kind)
+      assert.equals("wildcard", p.rules[2].kind)
+      assert.equals("ip", p.rules[3].kind)
+    end)
+
+    it("a wildcard on a single label covers a whole TLD", function()
+      local p = policy("deny", { "allow *.internal" })
+      assert.equals("allow", action(p, "db.internal"))
+      assert.equals("deny", action(p, "internal"))
+    end)
+
+    it("lets a query for a literal * label match wildcards only", function()
+      local p = policy("deny", { "allow *.a.com" })
+      assert.equals("allow", action(p, "*.a.com"))
+      assert.equals("deny", action(policy("deny", { "allow a.com" }), "*.a.com"))
+    end)
+  end)
+
+  describe("first match wins", function()
+    it("deny before allow", function()
+      local p = policy("allow", { "deny *.pypi.org", "allow files.pypi.org" })
+      assert.equals("deny", action(p, "files.pypi.org"))
+      assert.equals("egress[0] deny *.pypi.org", rule(p, "files.pypi.org"))
+    end)
+
+    it("allow before deny", function()
+      local p = policy("deny", { "allow files.pypi.org", "deny *.pypi.org" })
+      assert.equals("allow", action(p, "files.pypi.org"))
+      assert.equals("deny", action(p, "other.pypi.org"))
+      assert.equals("egress[1] deny *.pypi.org", rule(p, "other.pypi.org"))
+    end)
+
+    it("wildcard before exact", function()
+      local p = policy("deny", { "allow *.github.com", "deny api.github.com" })
+      assert.equals("allow", action(p, "api.github.com"))
+      assert.equals("egress[0] allow *.github.com", rule(p, "api.github.com"))
+    end)
+
+    it("exact before wildcard", function()
+      local p = policy("allow", { "deny api.github.com", "allow *.github.com" })
+      assert.equals("deny", action(p, "api.github.com"))
+      assert.equals("allow", action(p, "raw.github.com"))
+    end)
+
+    it("the deeper wildcard only wins when it comes first", function()
+      local p1 = policy("deny", { "allow *.a.example.com", "deny *.example.com" })
+      assert.equals("allow", action(p1, "x.a.example.com"))
+      assert.equals("deny", action(p1, "x.b.example.com"))
+      local p2 = policy("deny", { "deny *.example.com", "allow *.a.example.com" })
+      assert.equals("deny", action(p2, "x.a.example.com"))
+      assert.equals("egress[0] deny *.example.com", rule(p2, "x.a.example.com"))
+    end)
+
+    it("keeps the first of duplicate rules", function()
+      local p = policy("allow", { "deny a.com", "allow A.com.", "deny *.b.com", "allow *.B.COM" })
+      assert.equals("egress[0] deny a.com", rule(p, "a.com"))
+      assert.equals("egress[2] deny *.b.com", rule(p, "x.b.com"))
+    end)
+
+    it("falls back to the default", function()
+      local p = policy("allow", { "deny a.com" })
+      assert.equals("allow", action(p, "b.com"))
+      assert.equals("default", rule(p, "b.com"))
+    end)
+  end)
+
+  describe("address rules", function()
+    it("never affect decide", function()
+      local p = policy("deny", { "allow 1.2.3.4", "allow 10.0.0.0/8", "allow ::1", "allow 2001:db8::/32" })
+      for _, n in ipairs({ "1.2.3.4", "10.0.0.0", "4.3.2.1.in-addr.arpa", "", "x" }) do
+        assert.equals(p.default_verdict, p:match(n))
+      end
+      local q = policy("allow", { "deny 1.2.3.4", "deny 0.0.0.0/0", "deny ::/0" })
+      assert.equals("allow", action(q, "1.2.3.4"))
+      assert.is_nil(q.verdicts[1])
+    end)
+
+    it("keep their place in the rule indices", function()
+      local p = policy("deny", { "allow 1.2.3.4", "deny a.com", "allow *.b.com" })
+      assert.equals("egress[1] deny a.com", rule(p, "a.com"))
+      assert.equals("egress[2] allow *.b.com", rule(p, "x.b.com"))
+      assert.equals(2, p:match("x.b.com").index)
+    end)
+
+    it("produce canonical static sets", function()
+      local p = policy("deny", {
+        "allow 10.0.0.0/8",
+        "allow 192.0.2.7",
+        "allow 192.0.2.8/32",
+        "allow 172.16.5.4/12",
+        "allow 0.0.0.0/0",
+        "deny 198.51.100.1/24",
+        "allow 2001:DB8:0:0:0:0:0:1",
+        "allow 2001:db8:0:0:1:0:0:1",
+        "allow 2001:db8::1:2:3:4/64",
+        "allow ::/0",
+        "deny FE80::1/10",
+        "deny ::1",
+        "deny ::ffff:203.0.113.9",
+        "deny ::ffff:203.0.113.0/120",
+        "allow 0:0:0:0:0:0:0:0",
+        "allow 2001:0:0:1:0:0:0:1",
+        "allow 2001:db8::/128",
+        "deny a.com",
+      })
+      assert.same({
+        allow_v4 = { "10.0.0.0/8", "192.0.2.7", "192.0.2.8", "172.16.0.0/12", "0.0.0.0/0" },
+        allow_v6 = { "2001:db8::1", "2001:db8::1:0:0:1", "2001:db8::/64", "::/0", "::",
+                     "2001:0:0:1::1", "2001:db8::" },
+        deny_v4 = { "198.51.100.0/24", "203.0.113.9", "203.0.113.0/24" },
+        deny_v6 = { "fe80::/10", "::1" },
+      }, p.static)
+      assert.equals("cidr", p.rules[1].kind)
+      assert.equals("ip", p.rules[2].kind)
+      assert.equals(4, p.rules[1].family)
+      assert.equals(6, p.rules[7].family)
+      assert.equals("egress[3] allow 172.16.0.0/12", p.rules[4].rule)
+    end)
+
+    it("drop an address an earlier rule already listed", function()
+      local p = policy("deny", { "deny 1.2.3.4", "allow 1.2.3.4/32", "allow 10.0.0.1/8",
+                                 "deny 10.0.0.0/8", "allow ::FFFF:1.2.3.4" })
+      assert.same({ allow_v4 = { "10.0.0.0/8" }, allow_v6 = {}, deny_v4 = { "1.2.3.4" }, deny_v6 = {} },
+        p.static)
+    end)
+
+    it("are empty for a deny-all policy", function()
+      assert.same({ allow_v4 = {}, allow_v6 = {}, deny_v4 = {}, deny_v6 = {} }, rules.compile(nil).static)
+    end)
+  end)
+
+  describe("parse_ip and parse_cidr", function()
+    it("parse addresses", function()
+      assert.same({ "192.0.2.1", 4 }, { rules.parse_ip("192.0.2.1") })
+      assert.same({ "2001:db8::", 6 }, { rules.parse_ip("2001:DB8:0::0") })
+      assert.same({ "1.2.3.4", 4 }, { rules.parse_ip("::ffff:1.2.3.4") })
+      assert.same({ "::102:304", 6 }, { rules.parse_ip("::1.2.3.4") })
+      assert.is_nil(rules.parse_ip("1.2.3"))
+      assert.is_nil(rules.parse_ip("256.1.1.1"))
+      assert.is_nil(rules.parse_ip("1.2.3.4/32"))
+      assert.is_nil(rules.parse_ip(""))
+      assert.is_nil(rules.parse_ip(nil))
+      assert.is_nil(rules.parse_ip("1.2.3.4\0"))
+    end)
+
+    it("parse CIDRs", function()
+      assert.same({ "10.0.0.0/8", 4, 8 }, { rules.parse_cidr("10.1.2.3/8") })
+      assert.same({ "1.2.3.254/31", 4, 31 }, { rules.parse_cidr("1.2.3.255/31") })
+      assert.same({ "192.0.2.7", 4, 32 }, { rules.parse_cidr("192.0.2.7/32") })
+      assert.same({ "0.0.0.0/0", 4, 0 }, { rules.parse_cidr("255.255.255.255/0") })
+      assert.same({ "2001:db8::/33", 6, 33 }, { rules.parse_cidr("2001:db8:7fff::/33") })
+      assert.same({ "2001:db8:8000::/33", 6, 33 }, { rules.parse_cidr("2001:db8:ffff::/33") })
+      assert.same({ "2001:db8:8000::/33", 6, 33 }, { rules.parse_cidr("2001:db8:8000::1/33") })
+      assert.same({ "10.0.0.0/8", 4, 8 }, { rules.parse_cidr("::ffff:10.9.9.9/104") })
+      assert.same({ "::fffe:0:0/95", 6, 95 }, { rules.parse_cidr("::ffff:10.9.9.9/95") })
+      assert.is_nil(rules.parse_cidr("10.0.0.0"))
+      assert.is_nil(rules.parse_cidr("10.0.0.0/1000"))
+    end)
+  end)
+
+  describe("verdict tables", function()
+    it("are the same table for the same rule, so match allocates none", function()
+      local p = policy("deny", { "allow a.com", "allow *.b.com", "deny c.com" })
+      local v1, v2 = p:match("a.com"), p:match("a.com")
+      assert.equals(v1, v2)
+      assert.equals(p:match("x.b.com"), p:match("y.z.b.com"))
+      assert.equals(p.verdicts[2], p:match("x.b.com"))
+      assert.equals(p:match("nothing"), p:match("other"))
+      assert.equals(p.default_verdict, p:match("nothing"))
+      assert.same({ action = "allow", rule = "egress[1] allow *.b.com", index = 1, target = "*.b.com" },
+        p:match("x.b.com"))
+      assert.same({ action = "deny", rule = "egress[2] deny c.com", index = 2, target = "c.com" },
+        p:match("c.com"))
+    end)
+
+    it("does not allocate verdicts per call", function()
+      local p = policy("deny", { "allow a.com", "allow *.b.com" })
+      local names = { "a.com", "x.b.com", "nope.org" }
+      collectgarbage("collect")
+      collectgarbage("stop")
+      local before = collectgarbage("count")
+      for i = 1, 30000 do p:match(names[i % 3 + 1]) end
+      local grown = collectgarbage("count") - before
+      collectgarbage("restart")
+      -- Suffix strings are interned once; verdict tables would cost > 1 MB.
+      assert.truthy(grown < 64, "match allocated " .. grown .. " KB")
+    end)
+  end)
+
+  describe("large policies", function()
+    it("handles 1000 rules", function()
+      local egress = {}
+      for i = 1, 500 do
+        egress[#egress + 1] = { action = i % 2 == 0 and "allow" or "deny", target = "host" .. i .. ".example.com" }
+        egress[#egress + 1] = { action = i % 2 == 0 and "deny" or "allow", target = "*.zone" .. i .. ".example.net" }
+      end
+      local p = rules.compile({ defaultAction = "deny", egress = egress })
+      assert.equals(1000, #p.rules)
+      assert.same({ action = "allow", rule = "egress[2] allow host2.example.com", index = 2,
+                    target = "host2.example.com" }, p:match("host2.example.com"))
+      assert.equals("egress[999] deny *.zone500.example.net", rule(p, "a.b.zone500.example.net"))
+      assert.equals("egress[1] allow *.zone1.example.net", rule(p, "x.zone1.example.net"))
+      assert.equals("default", rule(p, "zone1.example.net"))
+      assert.equals("default", rule(p, "host501.example.com"))
+      for i = 1, 500 do
+        local v = p:match("host" .. i .. ".example.com")
+        assert.equals((i - 1) * 2, v.index)
+        v = p:match("w.zone" .. i .. ".example.net")
+        assert.equals((i - 1) * 2 + 1, v.index)
+      end
+      assert.is_true(p:verify())
+    end)
+  end)
+
+  describe("verify", function()
+    it("passes on sound policies", function()
+      assert.is_true(rules.compile(nil):verify())
+      assert.is_true(policy("allow", { "deny *.a.com", "allow x.a.com", "allow 1.2.3.4", "deny a.com" }):verify())
+    end)
+
+    it("catches a corrupted index", function()
+      local p = policy("deny", { "allow a.com", "allow *.b.com" })
+      p.exact["a.com"] = nil
+      assert.has_error(function() p:verify() end, "selftest: egress[0] allow a.com: a.com does not match its own rule")
+      local q = policy("deny", { "allow a.com", "allow *.b.com" })
+      q.wild["b.com"] = nil
+      assert.has_error(function() q:verify() end,
+        "selftest: egress[1] allow *.b.com: x.b.com does not match its own rule")
+    end)
+  end)
+end)
