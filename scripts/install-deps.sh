@@ -4,8 +4,11 @@
 # apt's lists are refreshed only when something is missing.
 set -euo pipefail
 
+# "a|b": either package will do. OpenResty's LuaJIT branch (luajit2) replaces
+# Debian's LuaJIT when nginx's Lua module is installed (the benchmark peers
+# need it); sandgate builds and runs with either.
 BUILD_DEPS=(build-essential cmake pkg-config
-  libluajit-5.1-dev luajit libuv1-dev libc-ares-dev libnftnl-dev libmnl-dev
+  "libluajit-5.1-dev|libluajit2-5.1-dev" "luajit|luajit2" libuv1-dev libc-ares-dev libnftnl-dev libmnl-dev
   node-llhttp lua-cjson libssl-dev)
 TEST_DEPS=(lua-busted clang dnsmasq-base dnsutils iproute2 nftables curl
   python3 python3-websockets procps)
@@ -13,9 +16,13 @@ TEST_DEPS=(lua-busted clang dnsmasq-base dnsutils iproute2 nftables curl
 want=("${BUILD_DEPS[@]}")
 [[ ${1:-} == --build-only ]] || want+=("${TEST_DEPS[@]}")
 
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 missing=()
 for p in "${want[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  found=
+  IFS='|' read -ra alts <<<"$p"
+  for a in "${alts[@]}"; do installed "$a" && found=1 && break; done
+  [[ -n $found ]] || missing+=("${alts[0]}")
 done
 if ((${#missing[@]} == 0)); then
   echo "install-deps: all ${#want[@]} packages present"

@@ -290,9 +290,10 @@ static void handle_query(sg_dns_server_t *srv, origin_t *from,
       .transport = from->conn ? "tcp" : "udp",
   };
   srv->stats.queries++;
-  if (!srv->opts.decide(srv->opts.decide_ctx, &req)) {
+  int verdict = srv->opts.decide(srv->opts.decide_ctx, &req);
+  if (verdict != SG_DNS_FORWARD) {
     srv->stats.denied++;
-    reply_code(srv, from, &q, SG_DNS_RCODE_NXDOMAIN, 0);
+    reply_code(srv, from, &q, verdict, 0);
     return;
   }
   srv->stats.allowed++;

@@ -24,7 +24,9 @@ typedef struct {
   const char *transport; /* "udp" or "tcp" */
 } sg_dns_request_t;
 
-/* Returns 1 to forward the query upstream, 0 to answer NXDOMAIN. */
+/* Returns SG_DNS_FORWARD to send the query upstream, or the rcode of the
+ * answer the proxy gives itself (NXDOMAIN for a plain deny). */
+#define SG_DNS_FORWARD (-1)
 typedef int (*sg_dns_decide_cb)(void *ctx, const sg_dns_request_t *req);
 
 typedef struct {

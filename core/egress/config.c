@@ -110,8 +110,10 @@ static int read_whole_file(const char *path, char **out, char *err,
     }
   }
   fclose(f);
-  if (!buf)
+  if (!buf) {
+    snprintf(err, errlen, "cannot read %s: out of memory", path);
     return -ENOMEM;
+  }
   buf[len] = 0;
   *out = buf;
   return 0;
@@ -297,7 +299,7 @@ int sg_egress_config_load(sg_egress_config_t *c, int argc, char **argv,
 
   c->policy_file = r.policy_file;
   if (r.rules && r.rules[0] == '@') {
-    char *text;
+    char *text = NULL;
     if ((rc = read_whole_file(r.rules + 1, &text, err, errlen)))
       return rc;
     c->rules_owned = text;

@@ -58,7 +58,7 @@ static int decide(void *ctx, const sg_dns_request_t *r) {
     sg_log_str(&l, "verdict", "deny");
     sg_log_str(&l, "error", v.error);
     sg_log_end(&l);
-    return 0;
+    return SG_DNS_RCODE_NXDOMAIN;
   }
   if (e->cfg.log_queries && sg_log_enabled(SG_LOG_INFO)) {
     sg_logline_t l;
@@ -69,9 +69,11 @@ static int decide(void *ctx, const sg_dns_request_t *r) {
     sg_log_str(&l, "transport", q.transport);
     sg_log_str(&l, "verdict", v.allow ? "allow" : "deny");
     sg_log_str(&l, "rule", v.rule[0] ? v.rule : NULL);
+    if (!v.allow && v.rcode != SG_DNS_RCODE_NXDOMAIN)
+      sg_log_int(&l, "rcode", v.rcode);
     sg_log_end(&l);
   }
-  return v.allow;
+  return v.allow ? SG_DNS_FORWARD : v.rcode;
 }
 
 /* Builds a VM for the configured script and the given document. */

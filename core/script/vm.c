@@ -259,6 +259,7 @@ sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
                             sg_vm_verdict_t *v) {
   lua_State *L = vm->L;
   v->allow = 0;
+  v->rcode = 3;
   v->rule[0] = 0;
   v->error[0] = 0;
 
@@ -269,7 +270,7 @@ sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
   lua_pushstring(L, q->transport);
   vm->timed_out = 0;
   vm->deadline_ns = uv_hrtime() + (uint64_t)vm->call_budget_ms * 1000000u;
-  int rc = lua_pcall(L, 4, 2, 0);
+  int rc = lua_pcall(L, 4, 3, 0);
   vm->deadline_ns = 0;
 
   sg_vm_status_t st = SG_VM_OK;
@@ -289,9 +290,11 @@ sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
       snprintf(v->error, sizeof(v->error), "%s", msg ? msg : "unknown error");
     }
   } else {
-    v->allow = lua_tointeger(L, -2) == 1;
+    v->allow = lua_tointeger(L, -3) == 1;
+    if (!v->allow && lua_isnumber(L, -1))
+      v->rcode = (int)lua_tointeger(L, -1);
     size_t rlen;
-    const char *rule = lua_tolstring(L, -1, &rlen);
+    const char *rule = lua_isstring(L, -2) ? lua_tolstring(L, -2, &rlen) : NULL;
     if (rule) {
       if (rlen >= sizeof(v->rule))
         rlen = sizeof(v->rule) - 1;

@@ -58,6 +58,8 @@ typedef struct {
 
 typedef struct {
   int allow;       /* 1 allow, 0 deny (also on every error: fail closed) */
+  int rcode;       /* for a deny: the answer's rcode (NXDOMAIN unless the
+                      script asked for NOERROR/NODATA, REFUSED or SERVFAIL) */
   char rule[160];  /* the rule reference the script gave, "" if none */
   char error[512]; /* set when the status is not SG_VM_OK */
 } sg_vm_verdict_t;

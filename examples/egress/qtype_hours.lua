@@ -25,9 +25,10 @@
 -- call M.configure from a copy of this file. The clock is M.now (os.time by
 -- default) so tests can pin the time.
 --
--- Denied query types are answered like any other denial. Note that a denial
--- for one type of a name says nothing about its other types: a client that
--- is refused TXT for api.example.com still gets its A record.
+-- A denied query type is answered NOERROR with no records ("NODATA", the
+-- verdict's rcode option), not NXDOMAIN: resolvers cache an NXDOMAIN for
+-- every type of the name, so refusing TXT that way would also break the A
+-- record of api.example.com for the length of the negative TTL.
 --
 -- This script runs interpreted (user scripts are not JIT-compiled), so the
 -- per-query path does little more than table lookups; the matching itself
@@ -48,7 +49,7 @@ local ADDRESS_QTYPES = { A = true, AAAA = true, CNAME = true, HTTPS = true }
 
 -- The verdicts this script adds. They are built once so that decide never
 -- allocates; "rule" is what the host logs as the reason.
-local DENY_QTYPE = { action = "deny", rule = "qtype_hours: query type not allowed" }
+local DENY_QTYPE = { action = "deny", rcode = "NODATA", rule = "qtype_hours: query type not allowed" }
 local DENY_HOURS = { action = "deny", rule = "qtype_hours: outside allowed hours" }
 
 local policy = rules.compile(nil)

@@ -152,9 +152,26 @@ local function describe(v)
   return tostring(v)
 end
 
+-- The answers a deny verdict may ask for instead of NXDOMAIN. NOERROR with no
+-- records ("NODATA") denies one query type without telling the client that
+-- the whole name does not exist (an NXDOMAIN is cached for every type).
+local DENY_RCODES = { NXDOMAIN = 3, NOERROR = 0, NODATA = 0, REFUSED = 5, SERVFAIL = 2 }
+
+local function deny_rcode(v)
+  local r = v.rcode
+  if r == nil then return 3 end
+  local code = DENY_RCODES[r]
+  if not code then
+    error("decide returned a verdict whose rcode is " .. describe(r)
+      .. ", expected \"NXDOMAIN\", \"NOERROR\" (or \"NODATA\"), \"REFUSED\" or \"SERVFAIL\"", 0)
+  end
+  return code
+end
+
 -- Builds the per-query entry point around the script's decide hook. The
 -- query table is reused from call to call (a handle valid only during the
--- call), so a query costs no table allocation.
+-- call), so a query costs no table allocation. Returns allow (1/0), the
+-- rule reference, and for a deny the rcode to answer with.
 local function egress_entry(decide)
   local q = { name = "", qtype = "", client = "", transport = "" }
   return function(name, qtype, client, transport)
@@ -164,13 +181,13 @@ local function egress_entry(decide)
     if tv == "table" then
       local a = v.action
       if a == "allow" then return 1, v.rule end
-      if a == "deny" then return 0, v.rule end
+      if a == "deny" then return 0, v.rule, deny_rcode(v) end
       error("decide returned a verdict whose action is " .. describe(a)
         .. ", expected \"allow\" or \"deny\"", 0)
     elseif v == "allow" or v == true then
       return 1
     elseif v == "deny" or v == false then
-      return 0
+      return 0, nil, 3
     end
     error("decide returned " .. describe(v)
       .. ", expected \"allow\", \"deny\" or {action = ...}", 0)

@@ -207,6 +207,9 @@ static void verdict_forms(void) {
                    "  if q.name == 'c' then return false end\n"
                    "  if q.name == 'd' then return { action = 'deny', rule = 'r4' } end\n"
                    "  if q.name == 'e' then return { action = 'permit' } end\n"
+                   "  if q.name == 'f' then return { action = 'deny', rcode = 'NODATA' } end\n"
+                   "  if q.name == 'g' then return { action = 'deny', rcode = 'BOGUS' } end\n"
+                   "  if q.name == 'h' then return { action = 'deny', rcode = 'REFUSED' } end\n"
                    "  return 'deny' end }\n");
   ASSERT_EQ(build(p, NULL, &vm, err, sizeof(err)), 0);
   sg_vm_verdict_t v;
@@ -223,8 +226,18 @@ static void verdict_forms(void) {
   ASSERT_STREQ(v.rule, "r4");
   ASSERT_EQ(ask(vm, "e", &v), SG_VM_ERR);
   ASSERT_EQ(v.allow, 0);
+  ASSERT_EQ(ask(vm, "f", &v), SG_VM_OK);
+  ASSERT_EQ(v.allow, 0);
+  ASSERT_EQ(v.rcode, 0);
+  ASSERT_EQ(ask(vm, "g", &v), SG_VM_ERR);
+  ASSERT_EQ(v.allow, 0);
+  ASSERT_EQ(v.rcode, 3);
+  ASSERT(strstr(v.error, "BOGUS") != NULL);
+  ASSERT_EQ(ask(vm, "h", &v), SG_VM_OK);
+  ASSERT_EQ(v.rcode, 5);
   ASSERT_EQ(ask(vm, "z", &v), SG_VM_OK);
   ASSERT_EQ(v.allow, 0);
+  ASSERT_EQ(v.rcode, 3);
   sg_vm_unref(vm);
 }
 

@@ -71,6 +71,8 @@ describe("examples/egress/qtype_hours.lua", function()
       for _, t in ipairs({ "TXT", "MX", "NULL", "SRV", "ANY", "TYPE65534" }) do
         local v = policy.decide(query("api.example.com", t))
         assert.equals("deny", v.action)
+        -- NODATA, not NXDOMAIN: the name's other types must stay resolvable.
+        assert.equals("NODATA", v.rcode)
         assert.equals("qtype_hours: query type not allowed", v.rule)
       end
       assert.equals(6, #lines)
