@@ -1,0 +1,4 @@
+-- expect: egress.lua:3: broken at load time
+local M = {}
+error("broken at load time")
+return M

@@ -1,0 +1,2 @@
+-- expect: hook "decide" must be a function, got nil
+return { load = function(doc) end }
