@@ -256,22 +256,14 @@ sg_dns_status_t sg_dns_parse_query(const uint8_t *pkt, size_t len,
 
 const char *sg_dns_status_str(sg_dns_status_t status) {
   switch (status) {
-  case SG_DNS_OK:
-    return "ok";
-  case SG_DNS_ERR_SHORT:
-    return "shorter than a header";
-  case SG_DNS_ERR_RESPONSE:
-    return "a response, not a query";
-  case SG_DNS_ERR_NOQUESTION:
-    return "no question";
-  case SG_DNS_ERR_MULTIQ:
-    return "more than one question";
-  case SG_DNS_ERR_TRUNCATED:
-    return "truncated";
-  case SG_DNS_ERR_NAME:
-    return "malformed name";
-  case SG_DNS_ERR_OPCODE:
-    return "not a standard query";
+  case SG_DNS_OK: return "ok";
+  case SG_DNS_ERR_SHORT: return "shorter than a header";
+  case SG_DNS_ERR_RESPONSE: return "a response, not a query";
+  case SG_DNS_ERR_NOQUESTION: return "no question";
+  case SG_DNS_ERR_MULTIQ: return "more than one question";
+  case SG_DNS_ERR_TRUNCATED: return "truncated";
+  case SG_DNS_ERR_NAME: return "malformed name";
+  case SG_DNS_ERR_OPCODE: return "not a standard query";
   }
   return "unknown status";
 }
@@ -301,7 +293,9 @@ int sg_dns_rcode(const uint8_t *pkt, size_t len) {
   return pkt[3] & 0xF;
 }
 
-void sg_dns_set_id(uint8_t *pkt, uint16_t id) { wr16(pkt, id); }
+void sg_dns_set_id(uint8_t *pkt, uint16_t id) {
+  wr16(pkt, id);
+}
 
 const char *sg_dns_type_name(uint16_t qtype, char buf[16]) {
   static const struct {

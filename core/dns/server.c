@@ -140,8 +140,8 @@ static void on_tcp_written(uv_write_t *req, int status) {
     conn_close(c);
 }
 
-static void send_reply(sg_dns_server_t *srv, origin_t *from,
-                       const uint8_t *msg, size_t len) {
+static void send_reply(sg_dns_server_t *srv, origin_t *from, const uint8_t *msg,
+                       size_t len) {
   if (from->conn) {
     tcp_conn_t *c = from->conn;
     if (c->closing)
@@ -259,8 +259,7 @@ static void handle_query(sg_dns_server_t *srv, origin_t *from,
   sg_dns_query_t q;
   sg_dns_status_t st = sg_dns_parse_query(pkt, len, &q);
   switch (st) {
-  case SG_DNS_OK:
-    break;
+  case SG_DNS_OK: break;
   case SG_DNS_ERR_SHORT:
   case SG_DNS_ERR_RESPONSE:
     /* Nothing to answer: too short for an ID, or a response (answering
@@ -316,8 +315,8 @@ static void handle_query(sg_dns_server_t *srv, origin_t *from,
     from->conn->inflight++;
   /* The callback may run before this returns (c-ares fails some queries
    * synchronously); p is not touched after the call. */
-  int rc = sg_upstream_query(srv->opts.upstream, pkt, len,
-                             on_upstream_answer, p);
+  int rc =
+      sg_upstream_query(srv->opts.upstream, pkt, len, on_upstream_answer, p);
   if (rc)
     on_upstream_answer(p, NULL, 0, strerror(-rc));
 }

@@ -32,15 +32,15 @@ typedef int (*sg_dns_decide_cb)(void *ctx, const sg_dns_request_t *req);
 typedef struct {
   struct sockaddr_storage listen[SG_DNS_SERVER_MAX_LISTEN];
   int nlisten;
-  uint32_t tcp_idle_ms;  /* an idle TCP client is closed after this */
-  int tcp_max_clients;   /* connections beyond this are closed at once */
+  uint32_t tcp_idle_ms; /* an idle TCP client is closed after this */
+  int tcp_max_clients;  /* connections beyond this are closed at once */
   sg_upstream_t *upstream;
   sg_dns_decide_cb decide;
   void *decide_ctx;
 } sg_dns_server_opts_t;
 
 typedef struct {
-  uint64_t queries;         /* well-formed queries handed to the policy */
+  uint64_t queries; /* well-formed queries handed to the policy */
   uint64_t allowed;
   uint64_t denied;
   uint64_t malformed;       /* answered FORMERR / NOTIMP */

@@ -154,8 +154,7 @@ static void on_answer(void *arg, int status, int timeouts, unsigned char *abuf,
     snprintf(q->error, sizeof(q->error), "%s: %s", c->name,
              ares_strerror(status));
   }
-  if (!up->closing && status != ARES_EDESTRUCTION &&
-      q->server + 1 < up->n) {
+  if (!up->closing && status != ARES_EDESTRUCTION && q->server + 1 < up->n) {
     q->server++;
     send_to_server(q);
     return;
@@ -223,8 +222,7 @@ static int init_chan(sg_upstream_t *up, int i, const struct sockaddr *sa,
   if (sa->sa_family == AF_INET)
     memcpy(&node.addr.addr4, &((const struct sockaddr_in *)sa)->sin_addr, 4);
   else
-    memcpy(&node.addr.addr6, &((const struct sockaddr_in6 *)sa)->sin6_addr,
-           16);
+    memcpy(&node.addr.addr6, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
   node.udp_port = node.tcp_port = sg_sockaddr_port(sa);
   rc = ares_set_servers_ports(c->ch, &node);
   if (rc != ARES_SUCCESS) {
@@ -291,9 +289,8 @@ void sg_upstream_close(sg_upstream_t *up) {
   maybe_free(up);
 }
 
-int sg_upstream_from_resolv_conf(const char *path,
-                                 struct sockaddr_storage *out, int max,
-                                 char *err, size_t errlen) {
+int sg_upstream_from_resolv_conf(const char *path, struct sockaddr_storage *out,
+                                 int max, char *err, size_t errlen) {
   FILE *f = fopen(path, "r");
   if (!f) {
     int e = errno;
@@ -325,7 +322,8 @@ int sg_upstream_from_resolv_conf(const char *path,
         loop = (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >>
                 24) == 127;
       else
-        loop = IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+        loop =
+            IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr);
       if (loop == pass)
         out[k++] = all[i];
     }

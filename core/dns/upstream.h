@@ -48,8 +48,7 @@ void sg_upstream_close(sg_upstream_t *up);
 /* Reads up to SG_UPSTREAM_MAX nameservers from a resolv.conf, non-loopback
  * ones first (a loopback nameserver inside the sandbox is usually the
  * intercepted stub itself). Returns how many, or a negative errno. */
-int sg_upstream_from_resolv_conf(const char *path,
-                                 struct sockaddr_storage *out, int max,
-                                 char *err, size_t errlen);
+int sg_upstream_from_resolv_conf(const char *path, struct sockaddr_storage *out,
+                                 int max, char *err, size_t errlen);
 
 #endif

@@ -15,24 +15,38 @@
 static const char usage[] =
     "usage: sandgate egress [flags]\n"
     "\n"
-    "Runs the egress plane of a sandbox: a policy DNS proxy on 127.0.0.1:15353\n"
+    "Runs the egress plane of a sandbox: a policy DNS proxy on "
+    "127.0.0.1:15353\n"
     "and [::1]:15353, with port 53 redirected to it by nftables.\n"
     "\n"
     "flags (each wins over its environment variable):\n"
-    "  --upstream LIST        OPENSANDBOX_EGRESS_DNS_UPSTREAM: IP, IP:port, [v6]:port, comma-separated\n"
-    "  --upstream-timeout S   OPENSANDBOX_EGRESS_DNS_UPSTREAM_TIMEOUT: seconds per exchange (5, max 120)\n"
-    "  --policy-file PATH     OPENSANDBOX_EGRESS_POLICY_FILE: policy document read at start\n"
-    "  --rules JSON|@PATH     OPENSANDBOX_EGRESS_RULES: initial policy document\n"
-    "  --script PATH          SANDGATE_EGRESS_SCRIPT: Lua policy script (policies/egress/default.lua)\n"
-    "  --listen ADDR:PORT     SANDGATE_EGRESS_LISTEN (comma list): DNS listeners, repeatable\n"
-    "  --no-intercept         SANDGATE_EGRESS_NO_INTERCEPT=1: do not touch the kernel ruleset\n"
-    "  --on-exit keep|remove  SANDGATE_EGRESS_ON_EXIT: what happens to the nft table on a clean stop\n"
+    "  --upstream LIST        OPENSANDBOX_EGRESS_DNS_UPSTREAM: IP, IP:port, "
+    "[v6]:port, comma-separated\n"
+    "  --upstream-timeout S   OPENSANDBOX_EGRESS_DNS_UPSTREAM_TIMEOUT: seconds "
+    "per exchange (5, max 120)\n"
+    "  --policy-file PATH     OPENSANDBOX_EGRESS_POLICY_FILE: policy document "
+    "read at start\n"
+    "  --rules JSON|@PATH     OPENSANDBOX_EGRESS_RULES: initial policy "
+    "document\n"
+    "  --script PATH          SANDGATE_EGRESS_SCRIPT: Lua policy script "
+    "(policies/egress/default.lua)\n"
+    "  --listen ADDR:PORT     SANDGATE_EGRESS_LISTEN (comma list): DNS "
+    "listeners, repeatable\n"
+    "  --no-intercept         SANDGATE_EGRESS_NO_INTERCEPT=1: do not touch the "
+    "kernel ruleset\n"
+    "  --on-exit keep|remove  SANDGATE_EGRESS_ON_EXIT: what happens to the nft "
+    "table on a clean stop\n"
     "  --no-query-log         SANDGATE_LOG_QUERIES=0: no per-query log lines\n"
-    "  --log-level LEVEL      SANDGATE_LOG_LEVEL: debug, info, warn, error (info)\n"
-    "  --tcp-idle-timeout S   SANDGATE_DNS_TCP_IDLE_TIMEOUT: idle TCP clients closed after S seconds (10)\n"
-    "  --tcp-max-clients N    SANDGATE_DNS_TCP_MAX_CLIENTS: concurrent TCP clients (256)\n"
-    "  --script-memory MB     SANDGATE_SCRIPT_MEMORY_MB: memory cap of a policy VM (64)\n"
-    "  --script-timeout MS    SANDGATE_SCRIPT_TIMEOUT_MS: time budget of one decide call (100)\n";
+    "  --log-level LEVEL      SANDGATE_LOG_LEVEL: debug, info, warn, error "
+    "(info)\n"
+    "  --tcp-idle-timeout S   SANDGATE_DNS_TCP_IDLE_TIMEOUT: idle TCP clients "
+    "closed after S seconds (10)\n"
+    "  --tcp-max-clients N    SANDGATE_DNS_TCP_MAX_CLIENTS: concurrent TCP "
+    "clients (256)\n"
+    "  --script-memory MB     SANDGATE_SCRIPT_MEMORY_MB: memory cap of a "
+    "policy VM (64)\n"
+    "  --script-timeout MS    SANDGATE_SCRIPT_TIMEOUT_MS: time budget of one "
+    "decide call (100)\n";
 
 /* Reads an unsigned number in [min, max]; the name goes into the message. */
 static int parse_uint(const char *name, const char *s, unsigned long min,
@@ -42,8 +56,8 @@ static int parse_uint(const char *name, const char *s, unsigned long min,
   errno = 0;
   unsigned long v = strtoul(s, &end, 10);
   if (errno || end == s || *end || s[0] == '-' || v < min || v > max) {
-    snprintf(err, errlen, "%s: \"%s\" is not a number from %lu to %lu", name,
-             s, min, max);
+    snprintf(err, errlen, "%s: \"%s\" is not a number from %lu to %lu", name, s,
+             min, max);
     return -EINVAL;
   }
   *out = v;
@@ -52,9 +66,8 @@ static int parse_uint(const char *name, const char *s, unsigned long min,
 
 /* Splits a comma list of addresses into out[]; `what` names the source. */
 static int parse_addr_list(const char *what, const char *list,
-                           uint16_t default_port,
-                           struct sockaddr_storage *out, int max, int *n,
-                           char *err, size_t errlen) {
+                           uint16_t default_port, struct sockaddr_storage *out,
+                           int max, int *n, char *err, size_t errlen) {
   char *copy = strdup(list), *save = NULL;
   if (!copy)
     return -ENOMEM;
@@ -222,10 +235,13 @@ static int collect(raw_t *r, int argc, char **argv, char *err, size_t errlen) {
     case OPT_HELP: fputs(usage, stdout); return 1;
     default:
       if (optopt)
-        snprintf(err, errlen, "unknown flag or missing value near \"%s\" "
-                 "(see sandgate egress --help)", argv[optind - 1]);
+        snprintf(err, errlen,
+                 "unknown flag or missing value near \"%s\" "
+                 "(see sandgate egress --help)",
+                 argv[optind - 1]);
       else
-        snprintf(err, errlen, "unknown flag \"%s\" (see sandgate egress --help)",
+        snprintf(err, errlen,
+                 "unknown flag \"%s\" (see sandgate egress --help)",
                  argv[optind - 1]);
       return -EINVAL;
     }
@@ -260,9 +276,9 @@ int sg_egress_config_load(sg_egress_config_t *c, int argc, char **argv,
   }
 
   if (r.upstream) {
-    if ((rc = parse_addr_list("OPENSANDBOX_EGRESS_DNS_UPSTREAM", r.upstream,
-                              53, c->upstreams, SG_UPSTREAM_MAX,
-                              &c->nupstreams, err, errlen)))
+    if ((rc = parse_addr_list("OPENSANDBOX_EGRESS_DNS_UPSTREAM", r.upstream, 53,
+                              c->upstreams, SG_UPSTREAM_MAX, &c->nupstreams,
+                              err, errlen)))
       return rc;
     if (c->nupstreams == 0) {
       snprintf(err, errlen, "OPENSANDBOX_EGRESS_DNS_UPSTREAM: no address");
@@ -284,9 +300,9 @@ int sg_egress_config_load(sg_egress_config_t *c, int argc, char **argv,
 
   if (r.listen) {
     c->listen_explicit = 1;
-    if ((rc = parse_addr_list("--listen", r.listen, DEFAULT_DNS_PORT,
-                              c->listen, SG_DNS_SERVER_MAX_LISTEN,
-                              &c->nlisten, err, errlen)))
+    if ((rc = parse_addr_list("--listen", r.listen, DEFAULT_DNS_PORT, c->listen,
+                              SG_DNS_SERVER_MAX_LISTEN, &c->nlisten, err,
+                              errlen)))
       return rc;
   } else {
     char perr[64];
@@ -328,9 +344,10 @@ int sg_egress_config_load(sg_egress_config_t *c, int argc, char **argv,
     }
   }
 
-  c->log_queries = !(r.log_queries && (strcmp(r.log_queries, "0") == 0 ||
-                                       strcasecmp(r.log_queries, "false") == 0 ||
-                                       strcasecmp(r.log_queries, "off") == 0));
+  c->log_queries =
+      !(r.log_queries && (strcmp(r.log_queries, "0") == 0 ||
+                          strcasecmp(r.log_queries, "false") == 0 ||
+                          strcasecmp(r.log_queries, "off") == 0));
   c->log_level = SG_LOG_INFO;
   if (r.log_level) {
     c->log_level = sg_log_parse_level(r.log_level);
@@ -358,8 +375,8 @@ int sg_egress_config_load(sg_egress_config_t *c, int argc, char **argv,
   }
   c->script_mem = 64u << 20;
   if (r.script_mem) {
-    if ((rc = parse_uint("SANDGATE_SCRIPT_MEMORY_MB", r.script_mem, 1, 4096,
-                         &v, err, errlen)))
+    if ((rc = parse_uint("SANDGATE_SCRIPT_MEMORY_MB", r.script_mem, 1, 4096, &v,
+                         err, errlen)))
       return rc;
     c->script_mem = (size_t)v << 20;
   }

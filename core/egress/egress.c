@@ -21,8 +21,8 @@
 typedef struct {
   uv_loop_t *loop;
   sg_egress_config_t cfg;
-  sg_vm_t *vm;        /* the running policy; swapped whole on reload */
-  char *policy_json;  /* the current policy document (NULL = deny-all) */
+  sg_vm_t *vm;       /* the running policy; swapped whole on reload */
+  char *policy_json; /* the current policy document (NULL = deny-all) */
   sg_upstream_t *upstream;
   sg_dns_server_t *server;
   int intercept_installed;
@@ -122,8 +122,8 @@ static void on_debounce(uv_timer_t *t) {
   reload(t->data, "file-change");
 }
 
-static void on_script_event(uv_fs_event_t *h, const char *filename,
-                            int events, int status) {
+static void on_script_event(uv_fs_event_t *h, const char *filename, int events,
+                            int status) {
   (void)events;
   egress_t *e = h->data;
   if (status < 0 || !filename || strcmp(filename, e->script_base) != 0)
@@ -229,8 +229,7 @@ static int load_initial_policy(egress_t *e) {
       return -EINVAL;
     }
     e->policy_json = strdup(e->cfg.rules);
-    sg_log_msg(SG_LOG_INFO, "policy.loaded",
-               "from OPENSANDBOX_EGRESS_RULES");
+    sg_log_msg(SG_LOG_INFO, "policy.loaded", "from OPENSANDBOX_EGRESS_RULES");
     return 0;
   }
   if (build_vm(e, NULL, &e->vm, err, sizeof(err))) {
@@ -332,12 +331,12 @@ int sg_egress_main(int argc, char **argv) {
     sg_logline_t l;
     char a[SG_ADDRSTR_MAX];
     sg_log_begin(&l, SG_LOG_INFO, "egress.started");
-    sg_log_str(&l, "listen",
-               sg_sockaddr_str((struct sockaddr *)&e.cfg.listen[0], a,
-                               sizeof(a)));
-    sg_log_str(&l, "upstream",
-               sg_sockaddr_str((struct sockaddr *)&e.cfg.upstreams[0], a,
-                               sizeof(a)));
+    sg_log_str(
+        &l, "listen",
+        sg_sockaddr_str((struct sockaddr *)&e.cfg.listen[0], a, sizeof(a)));
+    sg_log_str(
+        &l, "upstream",
+        sg_sockaddr_str((struct sockaddr *)&e.cfg.upstreams[0], a, sizeof(a)));
     sg_log_int(&l, "upstreams", e.cfg.nupstreams);
     sg_log_str(&l, "script", e.cfg.script);
     sg_log_bool(&l, "intercept", e.cfg.intercept);

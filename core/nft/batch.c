@@ -76,7 +76,9 @@ void sg_nft_batch_free(sg_nft_batch_t *b) {
   free(b);
 }
 
-int sg_nft_batch_count(const sg_nft_batch_t *b) { return b->count; }
+int sg_nft_batch_count(const sg_nft_batch_t *b) {
+  return b->count;
+}
 
 /* The header of the next message, written in place in the batch buffer; the
  * caller appends the payload and calls end_msg. */

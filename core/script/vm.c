@@ -108,8 +108,8 @@ static int read_file(const char *path, char **out, size_t *len, char *err,
   fclose(f);
   if (bad) {
     free(buf);
-    snprintf(err, errlen, "cannot read script %s (larger than %u bytes?)",
-             path, SCRIPT_MAX_BYTES);
+    snprintf(err, errlen, "cannot read script %s (larger than %u bytes?)", path,
+             SCRIPT_MAX_BYTES);
     return -EIO;
   }
   buf[n] = 0;
@@ -253,7 +253,9 @@ void sg_vm_unref(sg_vm_t *vm) {
     vm_free(vm);
 }
 
-size_t sg_vm_mem_used(const sg_vm_t *vm) { return vm->mem_used; }
+size_t sg_vm_mem_used(const sg_vm_t *vm) {
+  return vm->mem_used;
+}
 
 sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
                             sg_vm_verdict_t *v) {

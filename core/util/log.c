@@ -10,9 +10,13 @@ static sg_log_level_t min_level = SG_LOG_INFO;
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
-void sg_log_set_level(sg_log_level_t level) { min_level = level; }
+void sg_log_set_level(sg_log_level_t level) {
+  min_level = level;
+}
 
-bool sg_log_enabled(sg_log_level_t level) { return level >= min_level; }
+bool sg_log_enabled(sg_log_level_t level) {
+  return level >= min_level;
+}
 
 int sg_log_parse_level(const char *s) {
   for (int i = 0; i < 4; i++)
@@ -151,8 +155,7 @@ void sg_log_end(sg_logline_t *l) {
   }
 }
 
-void sg_log_msg(sg_log_level_t level, const char *event, const char *fmt,
-                ...) {
+void sg_log_msg(sg_log_level_t level, const char *event, const char *fmt, ...) {
   if (!sg_log_enabled(level))
     return;
   char msg[2048];

@@ -15,14 +15,14 @@ typedef struct {
 
 static int sg_test_failed_;
 
-#define ASSERT(cond)                                                          \
-  do {                                                                        \
-    if (!(cond)) {                                                            \
-      fprintf(stderr, "  %s:%d: assertion failed: %s\n", __FILE__, __LINE__, \
-              #cond);                                                         \
-      sg_test_failed_ = 1;                                                    \
-      return;                                                                 \
-    }                                                                         \
+#define ASSERT(cond)                                                           \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      fprintf(stderr, "  %s:%d: assertion failed: %s\n", __FILE__, __LINE__,   \
+              #cond);                                                          \
+      sg_test_failed_ = 1;                                                     \
+      return;                                                                  \
+    }                                                                          \
   } while (0)
 
 #define ASSERT_EQ(a, b)                                                        \

@@ -14,7 +14,9 @@ typedef struct {
   size_t n;
 } pkt_t;
 
-static void put8(pkt_t *p, unsigned v) { p->b[p->n++] = (uint8_t)v; }
+static void put8(pkt_t *p, unsigned v) {
+  p->b[p->n++] = (uint8_t)v;
+}
 
 static void put16(pkt_t *p, unsigned v) {
   put8(p, v >> 8);
@@ -45,7 +47,9 @@ static void put_name(pkt_t *p, const char *dotted) {
   put8(p, 0);
 }
 
-static void put_ptr(pkt_t *p, size_t target) { put16(p, 0xC000 | target); }
+static void put_ptr(pkt_t *p, size_t target) {
+  put16(p, 0xC000 | target);
+}
 
 static void put_header(pkt_t *p, unsigned id, unsigned flags, unsigned qd,
                        unsigned an, unsigned ns, unsigned ar) {
@@ -833,4 +837,6 @@ static const sg_test_case_t cases[] = {
     {NULL, NULL},
 };
 
-int main(void) { return sg_test_run(cases); }
+int main(void) {
+  return sg_test_run(cases);
+}

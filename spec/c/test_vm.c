@@ -19,8 +19,8 @@ static const char *write_script(const char *name, const char *src) {
   return path;
 }
 
-static int build(const char *path, const char *policy, sg_vm_t **vm,
-                 char *err, size_t errlen) {
+static int build(const char *path, const char *policy, sg_vm_t **vm, char *err,
+                 size_t errlen) {
   sg_vm_opts_t o = {
       .data_dir = SG_DATA_DIR,
       .script_path = path,
@@ -80,8 +80,9 @@ static void invalid_policy_names_the_problem(void) {
 static void syntax_error_has_file_and_line(void) {
   char err[512];
   sg_vm_t *vm = NULL;
-  const char *p = write_script("broken.lua", "local M = {}\n\nfunction M.decide(q\n"
-                                             "  return 'allow'\nend\nreturn M\n");
+  const char *p =
+      write_script("broken.lua", "local M = {}\n\nfunction M.decide(q\n"
+                                 "  return 'allow'\nend\nreturn M\n");
   ASSERT(build(p, NULL, &vm, err, sizeof(err)) < 0);
   ASSERT(strstr(err, "broken.lua:4:") != NULL);
 }
@@ -89,11 +90,11 @@ static void syntax_error_has_file_and_line(void) {
 static void decide_error_fails_closed(void) {
   char err[512];
   sg_vm_t *vm = NULL;
-  const char *p = write_script(
-      "err.lua", "return { decide = function(q)\n"
-                 "  if q.name == 'boom' then error('kaboom') end\n"
-                 "  if q.name == 'weird' then return 42 end\n"
-                 "  return 'allow' end }\n");
+  const char *p =
+      write_script("err.lua", "return { decide = function(q)\n"
+                              "  if q.name == 'boom' then error('kaboom') end\n"
+                              "  if q.name == 'weird' then return 42 end\n"
+                              "  return 'allow' end }\n");
   ASSERT_EQ(build(p, NULL, &vm, err, sizeof(err)), 0);
   sg_vm_verdict_t v;
   ASSERT_EQ(ask(vm, "boom", &v), SG_VM_ERR);
@@ -112,12 +113,13 @@ static void endless_loop_is_cut_off(void) {
   char err[512];
   sg_vm_t *vm = NULL;
   const char *p = write_script(
-      "loop.lua", "return { decide = function(q)\n"
-                  "  if q.name == 'spin' then while true do end end\n"
-                  "  if q.name == 'sneaky' then\n"
-                  "    while true do pcall(function() while true do end end) end\n"
-                  "  end\n"
-                  "  return 'allow' end }\n");
+      "loop.lua",
+      "return { decide = function(q)\n"
+      "  if q.name == 'spin' then while true do end end\n"
+      "  if q.name == 'sneaky' then\n"
+      "    while true do pcall(function() while true do end end) end\n"
+      "  end\n"
+      "  return 'allow' end }\n");
   ASSERT_EQ(build(p, NULL, &vm, err, sizeof(err)), 0);
   sg_vm_verdict_t v;
   ASSERT_EQ(ask(vm, "spin", &v), SG_VM_TIMEOUT);
@@ -132,8 +134,8 @@ static void endless_loop_is_cut_off(void) {
 static void endless_loop_at_load_is_refused(void) {
   char err[512];
   sg_vm_t *vm = NULL;
-  const char *p = write_script("loadloop.lua",
-                               "while true do end\nreturn {}\n");
+  const char *p =
+      write_script("loadloop.lua", "while true do end\nreturn {}\n");
   ASSERT(build(p, NULL, &vm, err, sizeof(err)) < 0);
   ASSERT(strstr(err, "time budget") != NULL);
 }
@@ -142,11 +144,12 @@ static void memory_bomb_is_capped(void) {
   char err[512];
   sg_vm_t *vm = NULL;
   const char *p = write_script(
-      "bomb.lua", "return { decide = function(q)\n"
-                  "  if q.name == 'bomb' then local t = {}\n"
-                  "    for i = 1, 1e9 do t[i] = string.rep('x', 64) .. i end end\n"
-                  "  if q.name == 'big' then local s = string.rep('x', 2^30) end\n"
-                  "  return 'allow' end }\n");
+      "bomb.lua",
+      "return { decide = function(q)\n"
+      "  if q.name == 'bomb' then local t = {}\n"
+      "    for i = 1, 1e9 do t[i] = string.rep('x', 64) .. i end end\n"
+      "  if q.name == 'big' then local s = string.rep('x', 2^30) end\n"
+      "  return 'allow' end }\n");
   ASSERT_EQ(build(p, NULL, &vm, err, sizeof(err)), 0);
   sg_vm_verdict_t v;
   sg_vm_status_t st = ask(vm, "bomb", &v);
@@ -200,17 +203,21 @@ static void verdict_forms(void) {
   char err[512];
   sg_vm_t *vm = NULL;
   const char *p = write_script(
-      "forms.lua", "local A = { action = 'allow', rule = 'r1' }\n"
-                   "return { decide = function(q)\n"
-                   "  if q.name == 'a' then return A end\n"
-                   "  if q.name == 'b' then return true end\n"
-                   "  if q.name == 'c' then return false end\n"
-                   "  if q.name == 'd' then return { action = 'deny', rule = 'r4' } end\n"
-                   "  if q.name == 'e' then return { action = 'permit' } end\n"
-                   "  if q.name == 'f' then return { action = 'deny', rcode = 'NODATA' } end\n"
-                   "  if q.name == 'g' then return { action = 'deny', rcode = 'BOGUS' } end\n"
-                   "  if q.name == 'h' then return { action = 'deny', rcode = 'REFUSED' } end\n"
-                   "  return 'deny' end }\n");
+      "forms.lua",
+      "local A = { action = 'allow', rule = 'r1' }\n"
+      "return { decide = function(q)\n"
+      "  if q.name == 'a' then return A end\n"
+      "  if q.name == 'b' then return true end\n"
+      "  if q.name == 'c' then return false end\n"
+      "  if q.name == 'd' then return { action = 'deny', rule = 'r4' } end\n"
+      "  if q.name == 'e' then return { action = 'permit' } end\n"
+      "  if q.name == 'f' then return { action = 'deny', rcode = 'NODATA' } "
+      "end\n"
+      "  if q.name == 'g' then return { action = 'deny', rcode = 'BOGUS' } "
+      "end\n"
+      "  if q.name == 'h' then return { action = 'deny', rcode = 'REFUSED' } "
+      "end\n"
+      "  return 'deny' end }\n");
   ASSERT_EQ(build(p, NULL, &vm, err, sizeof(err)), 0);
   sg_vm_verdict_t v;
   ASSERT_EQ(ask(vm, "a", &v), SG_VM_OK);
@@ -244,7 +251,8 @@ static void verdict_forms(void) {
 static void missing_decide_is_refused(void) {
   char err[512];
   sg_vm_t *vm = NULL;
-  const char *p = write_script("nodecide.lua", "return { load = function() end }\n");
+  const char *p =
+      write_script("nodecide.lua", "return { load = function() end }\n");
   ASSERT(build(p, NULL, &vm, err, sizeof(err)) < 0);
   ASSERT(strstr(err, "hook \"decide\" must be a function") != NULL);
   p = write_script("notable.lua", "return 7\n");
