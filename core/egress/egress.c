@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <libgen.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,7 @@ static int decide(void *ctx, const sg_dns_request_t *r) {
       .qtype = r->qtype_name,
       .client = r->client_ip,
       .transport = r->transport,
+      .want_rule = e->cfg.log_queries && sg_log_enabled(SG_LOG_INFO),
   };
   sg_vm_verdict_t v;
   sg_vm_status_t st = sg_vm_decide(e->vm, &q, &v);
@@ -109,6 +111,8 @@ static void reload(egress_t *e, const char *trigger) {
   sg_vm_t *old = e->vm;
   e->vm = vm;
   sg_vm_unref(old);
+  /* Hand the old VM's pages back: a sidecar in every pod must stay small. */
+  malloc_trim(0);
   e->reloads++;
   sg_logline_t l;
   sg_log_begin(&l, SG_LOG_INFO, "policy.reloaded");
@@ -228,7 +232,14 @@ static int load_initial_policy(egress_t *e) {
                  "invalid OPENSANDBOX_EGRESS_RULES: %s", err);
       return -EINVAL;
     }
-    e->policy_json = strdup(e->cfg.rules);
+    /* Keep one copy of the document: take over the flag's file buffer, or
+     * copy the (usually small) environment value. */
+    if (e->cfg.rules_owned) {
+      e->policy_json = e->cfg.rules_owned;
+      e->cfg.rules_owned = NULL;
+    } else {
+      e->policy_json = strdup(e->cfg.rules);
+    }
     sg_log_msg(SG_LOG_INFO, "policy.loaded", "from OPENSANDBOX_EGRESS_RULES");
     return 0;
   }
@@ -277,6 +288,8 @@ int sg_egress_main(int argc, char **argv) {
     sg_egress_config_free(&e.cfg);
     return 1;
   }
+  /* Give back what the start-up loads' garbage left in the heap. */
+  malloc_trim(0);
 
   sg_upstream_opts_t uo = {
       .nservers = e.cfg.nupstreams,

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -97,19 +98,28 @@ static int l_log(lua_State *L) {
 static int read_file(const char *path, char **out, size_t *len, char *err,
                      size_t errlen) {
   FILE *f = fopen(path, "rb");
-  if (!f) {
+  struct stat st;
+  if (!f || fstat(fileno(f), &st) != 0) {
     int e = errno;
+    if (f)
+      fclose(f);
     snprintf(err, errlen, "cannot open script %s: %s", path, strerror(e));
     return -e;
   }
-  char *buf = malloc(SCRIPT_MAX_BYTES + 1);
-  size_t n = buf ? fread(buf, 1, SCRIPT_MAX_BYTES + 1, f) : 0;
-  int bad = !buf || ferror(f) || n > SCRIPT_MAX_BYTES;
+  if (st.st_size > SCRIPT_MAX_BYTES) {
+    fclose(f);
+    snprintf(err, errlen, "script %s is larger than %u bytes", path,
+             SCRIPT_MAX_BYTES);
+    return -EFBIG;
+  }
+  size_t want = (size_t)st.st_size;
+  char *buf = malloc(want + 1);
+  size_t n = buf ? fread(buf, 1, want, f) : 0;
+  int bad = !buf || ferror(f);
   fclose(f);
   if (bad) {
     free(buf);
-    snprintf(err, errlen, "cannot read script %s (larger than %u bytes?)", path,
-             SCRIPT_MAX_BYTES);
+    snprintf(err, errlen, "cannot read script %s", path);
     return -EIO;
   }
   buf[n] = 0;
@@ -232,6 +242,12 @@ int sg_vm_new_egress(const sg_vm_opts_t *o, sg_vm_t **out, char *err,
     goto fail;
   lua_replace(L, 1);
   lua_settop(L, 1);
+  /* Loading leaves garbage behind (the decoded document, temporaries):
+   * collect it now, and keep the GC pause low so that the few short strings
+   * each query leaves behind never let the heap double before a cycle. */
+  lua_gc(L, LUA_GCCOLLECT, 0);
+  lua_gc(L, LUA_GCCOLLECT, 0);
+  lua_gc(L, LUA_GCSETPAUSE, 120);
   free(owned_src);
   *out = vm;
   return 0;
@@ -272,7 +288,7 @@ sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
   lua_pushstring(L, q->transport);
   vm->timed_out = 0;
   vm->deadline_ns = uv_hrtime() + (uint64_t)vm->call_budget_ms * 1000000u;
-  int rc = lua_pcall(L, 4, 3, 0);
+  int rc = lua_pcall(L, 4, 5, 0);
   vm->deadline_ns = 0;
 
   sg_vm_status_t st = SG_VM_OK;
@@ -292,16 +308,25 @@ sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
       snprintf(v->error, sizeof(v->error), "%s", msg ? msg : "unknown error");
     }
   } else {
-    v->allow = lua_tointeger(L, -3) == 1;
-    if (!v->allow && lua_isnumber(L, -1))
-      v->rcode = (int)lua_tointeger(L, -1);
-    size_t rlen;
-    const char *rule = lua_isstring(L, -2) ? lua_tolstring(L, -2, &rlen) : NULL;
+    /* Results: allow, rule, rcode, index, target. */
+    v->allow = lua_tointeger(L, -5) == 1;
+    if (!v->allow && lua_isnumber(L, -3))
+      v->rcode = (int)lua_tointeger(L, -3);
+    size_t rlen = 0;
+    const char *rule = !q->want_rule ? NULL
+                       : lua_type(L, -4) == LUA_TSTRING
+                           ? lua_tolstring(L, -4, &rlen)
+                           : NULL;
     if (rule) {
       if (rlen >= sizeof(v->rule))
         rlen = sizeof(v->rule) - 1;
       memcpy(v->rule, rule, rlen);
       v->rule[rlen] = 0;
+    } else if (q->want_rule && lua_type(L, -2) == LUA_TNUMBER &&
+               lua_type(L, -1) == LUA_TSTRING) {
+      snprintf(v->rule, sizeof(v->rule), "egress[%d] %s %s",
+               (int)lua_tointeger(L, -2), v->allow ? "allow" : "deny",
+               lua_tostring(L, -1));
     }
   }
   lua_settop(L, 1);

@@ -54,13 +54,15 @@ typedef struct {
   const char *qtype;     /* "A", "AAAA", "TYPE65" */
   const char *client;    /* client IP */
   const char *transport; /* "udp" or "tcp" */
+  int want_rule;         /* fill verdict.rule (only needed for logging) */
 } sg_vm_query_t;
 
 typedef struct {
   int allow;       /* 1 allow, 0 deny (also on every error: fail closed) */
   int rcode;       /* for a deny: the answer's rcode (NXDOMAIN unless the
                       script asked for NOERROR/NODATA, REFUSED or SERVFAIL) */
-  char rule[160];  /* the rule reference the script gave, "" if none */
+  char rule[320];  /* the rule reference the script gave, "" if none or
+                      not asked for (want_rule) */
   char error[512]; /* set when the status is not SG_VM_OK */
 } sg_vm_verdict_t;
 

@@ -171,7 +171,10 @@ end
 -- Builds the per-query entry point around the script's decide hook. The
 -- query table is reused from call to call (a handle valid only during the
 -- call), so a query costs no table allocation. Returns allow (1/0), the
--- rule reference, and for a deny the rcode to answer with.
+-- rule reference, for a deny the rcode to answer with, and the rule's index
+-- and target: a verdict may name its rule by index + target instead of a
+-- string, and the C side formats "egress[i] action target" only when it
+-- logs, so no string is built per query.
 local function egress_entry(decide)
   local q = { name = "", qtype = "", client = "", transport = "" }
   return function(name, qtype, client, transport)
@@ -180,8 +183,8 @@ local function egress_entry(decide)
     local tv = type(v)
     if tv == "table" then
       local a = v.action
-      if a == "allow" then return 1, v.rule end
-      if a == "deny" then return 0, v.rule, deny_rcode(v) end
+      if a == "allow" then return 1, v.rule, nil, v.index, v.target end
+      if a == "deny" then return 0, v.rule, deny_rcode(v), v.index, v.target end
       error("decide returned a verdict whose action is " .. describe(a)
         .. ", expected \"allow\" or \"deny\"", 0)
     elseif v == "allow" or v == true then

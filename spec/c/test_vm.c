@@ -34,7 +34,7 @@ static int build(const char *path, const char *policy, sg_vm_t **vm, char *err,
 }
 
 static sg_vm_status_t ask(sg_vm_t *vm, const char *name, sg_vm_verdict_t *v) {
-  sg_vm_query_t q = {name, strlen(name), "A", "127.0.0.1", "udp"};
+  sg_vm_query_t q = {name, strlen(name), "A", "127.0.0.1", "udp", 1};
   return sg_vm_decide(vm, &q, v);
 }
 
