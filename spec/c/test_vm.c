@@ -217,6 +217,8 @@ static void verdict_forms(void) {
       "end\n"
       "  if q.name == 'h' then return { action = 'deny', rcode = 'REFUSED' } "
       "end\n"
+      "  if q.name == 'i' then return { action = 'allow', index = 3, "
+      "target = '*.x.org' } end\n"
       "  return 'deny' end }\n");
   ASSERT_EQ(build(p, NULL, &vm, err, sizeof(err)), 0);
   sg_vm_verdict_t v;
@@ -242,6 +244,15 @@ static void verdict_forms(void) {
   ASSERT(strstr(v.error, "BOGUS") != NULL);
   ASSERT_EQ(ask(vm, "h", &v), SG_VM_OK);
   ASSERT_EQ(v.rcode, 5);
+  /* A rule named by index + target is formatted on the C side, and only
+   * when the caller wants it (it logs). */
+  ASSERT_EQ(ask(vm, "i", &v), SG_VM_OK);
+  ASSERT_EQ(v.allow, 1);
+  ASSERT_STREQ(v.rule, "egress[3] allow *.x.org");
+  sg_vm_query_t quiet = {"i", 1, "A", "127.0.0.1", "udp", 0};
+  ASSERT_EQ(sg_vm_decide(vm, &quiet, &v), SG_VM_OK);
+  ASSERT_EQ(v.allow, 1);
+  ASSERT_STREQ(v.rule, "");
   ASSERT_EQ(ask(vm, "z", &v), SG_VM_OK);
   ASSERT_EQ(v.allow, 0);
   ASSERT_EQ(v.rcode, 3);
