@@ -39,9 +39,9 @@ start_bg() { # start_bg <var> <logfile> cmd... : own session, PID == PGID
   PGIDS+=("$!"); printf -v "$__v" '%s' "$!"
 }
 stop_pg() {
-  local pg=$1 i
+  local pg=$1 _
   kill -TERM -- "-$pg" 2>/dev/null || true
-  for i in $(seq 50); do kill -0 -- "-$pg" 2>/dev/null || break; sleep 0.1; done
+  for _ in $(seq 50); do kill -0 -- "-$pg" 2>/dev/null || break; sleep 0.1; done
   kill -KILL -- "-$pg" 2>/dev/null || true
   wait "$pg" 2>/dev/null || true
   local keep=() p
@@ -53,7 +53,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 answers() { dig @127.0.0.1 -p "$1" api.github.com A +tries=1 +time=1 2>/dev/null | grep -q 'status: '; }
-wait_dns() { local i; for i in $(seq 75); do answers "$1" && return 0; sleep 0.2; done; return 1; }
+wait_dns() { local _; for _ in $(seq 75); do answers "$1" && return 0; sleep 0.2; done; return 1; }
 kib() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$2/status"; }
 mib() { awk -v x="$1" 'BEGIN {printf "%.2f", x / 1024}'; }
 pid_of() { # pid_of <pgid> <comm>: the process named comm in our group
