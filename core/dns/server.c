@@ -16,6 +16,11 @@
 /* Unread replies beyond this mean the client does not read: drop it. */
 #define TCP_MAX_WRITE_QUEUE (1u << 20)
 #define TCP_BUF_MAX (2 + 65535 + 4096)
+/* UDP reads use recvmmsg: libuv splits the buffer into 64 KiB slots, one
+ * datagram each, so this many datagrams come in with one system call. Only
+ * the first page of a slot is touched by a typical query. */
+#define UDP_BATCH 16
+#define UDP_SLOT (64 * 1024)
 
 typedef struct udp_listener {
   uv_udp_t udp;
@@ -48,7 +53,7 @@ struct sg_dns_server {
   int inflight;
   int closing;
   sg_dns_stats_t stats;
-  uint8_t rbuf[65536];
+  uint8_t *rbuf; /* UDP_BATCH * UDP_SLOT, shared by all UDP listeners */
 };
 
 /* Where a query came from, and so where its answer goes. */
@@ -81,8 +86,10 @@ typedef struct {
 static void conn_resume(tcp_conn_t *c);
 
 static void maybe_free_server(sg_dns_server_t *srv) {
-  if (srv->closing && srv->open_handles == 0 && srv->inflight == 0)
+  if (srv->closing && srv->open_handles == 0 && srv->inflight == 0) {
+    free(srv->rbuf);
     free(srv);
+  }
 }
 
 static void on_server_handle_closed(uv_handle_t *h) {
@@ -326,13 +333,15 @@ static void handle_query(sg_dns_server_t *srv, origin_t *from,
 static void on_udp_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   (void)suggested;
   sg_dns_server_t *srv = ((udp_listener_t *)h->data)->srv;
-  /* One buffer for all listeners: a datagram is handled completely (parsed,
-   * decided, copied if forwarded) before the next is read. */
-  *buf = uv_buf_init((char *)srv->rbuf, sizeof(srv->rbuf));
+  /* One buffer for all listeners: every datagram of a batch is handled
+   * completely (parsed, decided, copied if forwarded) before the next read. */
+  *buf = uv_buf_init((char *)srv->rbuf, UDP_BATCH * UDP_SLOT);
 }
 
 static void on_udp_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
                         const struct sockaddr *addr, unsigned flags) {
+  /* nread == 0 with UV_UDP_MMSG_FREE ends a batch: the buffer is ours and
+   * stays allocated. */
   if (nread <= 0 || !addr || (flags & UV_UDP_PARTIAL))
     return;
   udp_listener_t *ul = h->data;
@@ -456,6 +465,11 @@ int sg_dns_server_start(uv_loop_t *loop, const sg_dns_server_opts_t *opts,
     return -ENOMEM;
   srv->loop = loop;
   srv->opts = *opts;
+  srv->rbuf = malloc(UDP_BATCH * UDP_SLOT);
+  if (!srv->rbuf) {
+    free(srv);
+    return -ENOMEM;
+  }
   char name[SG_ADDRSTR_MAX];
   int rc = 0;
   for (int i = 0; i < opts->nlisten; i++) {
@@ -464,7 +478,7 @@ int sg_dns_server_start(uv_loop_t *loop, const sg_dns_server_opts_t *opts,
 
     udp_listener_t *ul = &srv->udp[srv->nudp];
     ul->srv = srv;
-    uv_udp_init(loop, &ul->udp);
+    uv_udp_init_ex(loop, &ul->udp, AF_UNSPEC | UV_UDP_RECVMMSG);
     ul->udp.data = ul;
     srv->open_handles++;
     srv->nudp++;
