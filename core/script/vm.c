@@ -26,11 +26,14 @@ struct sg_vm {
   uint64_t deadline_ns; /* 0 while no call is running */
   uint32_t call_budget_ms;
   int timed_out;
+  int enforce; /* the memory cap applies: script code is running */
 };
 
 /* The allocator is the memory cap: LuaJIT turns a NULL into a "not enough
  * memory" error in the script, and the state stays usable. Shrinking and
- * freeing always succeed. */
+ * freeing always succeed. The cap is enforced only while script code runs
+ * (inside our protected calls): the few bytes the host pushes before a call
+ * must never fail, since an error there would be unprotected. */
 static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   sg_vm_t *vm = ud;
   size_t old = ptr ? osize : 0;
@@ -39,7 +42,8 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     vm->mem_used -= old;
     return NULL;
   }
-  if (nsize > old && vm->mem_used + (nsize - old) > vm->mem_limit)
+  if (vm->enforce && nsize > old &&
+      vm->mem_used + (nsize - old) > vm->mem_limit)
     return NULL;
   void *p = realloc(ptr, nsize);
   if (!p)
@@ -61,6 +65,15 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
     vm->timed_out = 1;
     luaL_error(L, "script exceeded its time budget");
   }
+}
+
+/* An error outside any protected call is a bug in the host, never a script's
+ * doing: say what it was before the process ends. */
+static int on_panic(lua_State *L) {
+  const char *msg = lua_tostring(L, -1);
+  sg_log_msg(SG_LOG_ERROR, "script.panic", "unprotected Lua error: %s",
+             msg ? msg : "(not a string)");
+  abort();
 }
 
 static int l_budget_exceeded(lua_State *L) {
@@ -141,7 +154,9 @@ static int call_bounded(sg_vm_t *vm, int nargs, int nres, uint32_t budget_ms,
   lua_State *L = vm->L;
   vm->timed_out = 0;
   vm->deadline_ns = uv_hrtime() + (uint64_t)budget_ms * 1000000u;
+  vm->enforce = 1;
   int rc = lua_pcall(L, nargs, nres, 0);
+  vm->enforce = 0;
   vm->deadline_ns = 0;
   if (rc == 0)
     return 0;
@@ -190,6 +205,7 @@ int sg_vm_new_egress(const sg_vm_opts_t *o, sg_vm_t **out, char *err,
     snprintf(err, errlen, "cannot create a Lua state");
     return -ENOMEM;
   }
+  lua_atpanic(L, on_panic);
   luaL_openlibs(L);
   lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
 
@@ -288,7 +304,9 @@ sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
   lua_pushstring(L, q->transport);
   vm->timed_out = 0;
   vm->deadline_ns = uv_hrtime() + (uint64_t)vm->call_budget_ms * 1000000u;
+  vm->enforce = 1;
   int rc = lua_pcall(L, 4, 5, 0);
+  vm->enforce = 0;
   vm->deadline_ns = 0;
 
   sg_vm_status_t st = SG_VM_OK;
@@ -296,6 +314,9 @@ sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
     const char *msg = lua_tostring(L, -1);
     if (rc == LUA_ERRMEM) {
       st = SG_VM_NOMEM;
+      /* Whatever the call built is garbage now: free it before the next
+       * query, or every later call would start at the cap. */
+      lua_gc(L, LUA_GCCOLLECT, 0);
       snprintf(v->error, sizeof(v->error),
                "script exceeded its memory limit of %zu MiB",
                vm->mem_limit >> 20);

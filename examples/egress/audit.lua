@@ -28,39 +28,43 @@ local M = {}
 
 local policy = rules.compile(nil)
 
--- The verdict returned instead of a denial, one per denying rule, built the
--- first time that rule denies something. Reusing it keeps the per-query path
--- free of allocations for the common case; the cache is reset on every load
--- because a new compiled policy has new verdict tables.
-local allowed_instead = {}
+-- The verdict returned instead of a denial. There is one, reused for every
+-- would-be denial whatever the rule (the host reads it before it calls
+-- decide again), so audit mode keeps nothing per rule. The "audit:" prefix
+-- of its rule makes the host's query log show that the answer was let
+-- through only because the script is in audit mode.
+local AUDIT_DEFAULT = "audit:default"
+local instead = { action = "allow", rule = AUDIT_DEFAULT, would = "deny" }
 
 function M.load(doc)
   policy = rules.compile(doc)
-  allowed_instead = {}
 end
 
--- Returns the allowing verdict that stands in for a denying one.
-local function instead_of(verdict)
-  local instead = allowed_instead[verdict]
-  if not instead then
-    -- The "audit:" prefix makes the host's query log show that this answer
-    -- was let through only because the script is in audit mode.
-    instead = { action = "allow", rule = "audit:" .. verdict.rule, would = "deny" }
-    allowed_instead[verdict] = instead
-  end
+-- Returns the allowing verdict that stands in for the denying one that
+-- policy:describe calls ref ("default" or "egress[1] deny evil.example").
+-- A denial by the default needs no new string; one by a rule builds its
+-- "audit:egress[...]" reference, which is acceptable for a diagnostic mode
+-- that logs a line for the query anyway.
+local function instead_of(ref)
+  instead.rule = ref == "default" and AUDIT_DEFAULT or "audit:" .. ref
   return instead
 end
 
+-- What the policy allows is returned as is (the compiled policy's shared
+-- verdict), so allowed queries allocate nothing.
 function M.decide(q)
   local verdict = policy:match(q.name)
   if verdict.action == "allow" then return verdict end
+  -- The verdict is only valid until the next match on policy: describe it
+  -- now.
+  local ref = policy:describe(verdict)
   log.info("policy.audit_would_deny", {
     name = q.name,
     qtype = q.qtype,
-    rule = verdict.rule,
+    rule = ref,
     client = q.client,
   })
-  return instead_of(verdict)
+  return instead_of(ref)
 end
 
 -- Nothing is blocked in a dry run, so the deny sets stay empty. The allow
@@ -73,12 +77,19 @@ end
 function M.selftest()
   policy:verify()
   -- The whole point of this script: no verdict may come out as a denial.
-  -- Checked without calling decide so that a reload logs nothing.
-  local verdicts = { policy.default_verdict }
-  for _, r in ipairs(policy.rules) do verdicts[#verdicts + 1] = policy.verdicts[r.index + 1] end
-  for _, v in ipairs(verdicts) do
-    if v.action == "deny" and instead_of(v).action ~= "allow" then
-      error("selftest: audit mode would deny " .. v.rule)
+  -- Checked without calling decide so that a reload logs nothing: the
+  -- default and every denying name rule must get an allowing stand-in.
+  local function check(ref)
+    local v = instead_of(ref)
+    if v.action ~= "allow" or v.rule ~= "audit:" .. ref then
+      error("selftest: audit mode would deny " .. ref)
+    end
+  end
+  check(policy:describe(policy.default_verdict))
+  for i = 0, policy:count() - 1 do
+    local r = policy:rule(i)
+    if r.action == "deny" and (r.kind == "domain" or r.kind == "wildcard") then
+      check(policy:describe(r))
     end
   end
 end

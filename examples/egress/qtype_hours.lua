@@ -93,6 +93,11 @@ function M.load(doc)
   policy = rules.compile(doc)
 end
 
+-- policy:match returns a verdict that policy reuses for its next match, so
+-- decide matches policy once and returns that verdict (or one of its own)
+-- without matching policy again. The window and TXT lists are separate
+-- compiled objects with verdicts of their own; matching them leaves the
+-- policy's verdict alone.
 function M.decide(q)
   local verdict = policy:match(q.name)
   if verdict.action ~= "allow" then return verdict end
@@ -111,7 +116,7 @@ function M.decide(q)
   local qtype = q.qtype
   if not ADDRESS_QTYPES[qtype]
     and not (qtype == "TXT" and txt_allow:match(q.name).action == "allow") then
-    log.info("policy.qtype_denied", { name = q.name, qtype = qtype, rule = verdict.rule })
+    log.info("policy.qtype_denied", { name = q.name, qtype = qtype, rule = policy:describe(verdict) })
     return DENY_QTYPE
   end
   return verdict

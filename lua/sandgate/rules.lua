@@ -27,18 +27,30 @@
 --     names, and accepting one would silently turn a mistyped IP rule into a
 --     domain rule that matches nothing.
 --
+-- Memory: a compiled policy keeps no table and no string per rule beyond the
+-- normalized target text (which doubles as the exact-name index key): a rule
+-- costs two array slots, at most one index slot and its target string (a
+-- wildcard also keeps its suffix as the index key). Rule references such as
+-- "egress[3] allow *.pypi.org" are never stored; :describe builds one when
+-- something needs it (logs, tools), and the host formats its own.
+--
 -- The per-query path (:match) is written for the LuaJIT trace compiler: two
--- hash lookups per label, no pairs(), no closures, and it returns verdict
--- tables that were built once at compile time, so it allocates nothing but
--- the suffix strings it probes (and only for suffix lengths that exist).
+-- hash lookups per label, no pairs(), no closures, and it returns one verdict
+-- table per compiled object that it fills in place, so it allocates nothing
+-- but the suffix strings it probes (and only for suffix lengths that exist).
 local ffi = require "ffi"
 local cjson = require "cjson.safe"
 
 local find, sub, lower, format, byte, gsub =
   string.find, string.sub, string.lower, string.format, string.byte, string.gsub
 local concat = table.concat
-local tonumber, type, pairs, ipairs, error, setmetatable =
-  tonumber, type, pairs, ipairs, error, setmetatable
+local tonumber, tostring, type, pairs, error, setmetatable =
+  tonumber, tostring, type, pairs, error, setmetatable
+
+-- Preallocates a table (LuaJIT's table.new), so that arrays whose size is
+-- known are allocated once and at exactly that size.
+local has_tnew, table_new = pcall(require, "table.new")
+if not has_tnew then table_new = function() return {} end end
 
 local NULL = cjson.null
 
@@ -92,16 +104,18 @@ end
 
 -- Actions -----------------------------------------------------------------
 
--- Returns "allow" or "deny" for a defaultAction/action value, or raises.
-local function parse_action(v, where)
+-- Returns "allow" or "deny" for a defaultAction/action value, or nil and the
+-- problem for the error message (the caller names the place, so that the
+-- place is only formatted when there is an error).
+local function parse_action(v)
   if v == nil or v == NULL then return "deny" end
   if type(v) ~= "string" then
-    fail(where, "expected a string, got " .. json_type(v))
+    return nil, "expected a string, got " .. json_type(v)
   end
   local a = lower((gsub(gsub(v, "^%s+", ""), "%s+$", "")))
   if a == "" then return "deny" end
   if a == "allow" or a == "deny" then return a end
-  fail(where, quote(v) .. " is not allow or deny")
+  return nil, quote(v) .. " is not allow or deny"
 end
 
 -- Addresses ---------------------------------------------------------------
@@ -233,12 +247,13 @@ local function valid_name(name)
   return true
 end
 
--- Classifies one target. Returns kind, normalized target, family.
-local function parse_target(raw, where)
+-- Classifies one target. Returns kind, normalized target, family; or nil and
+-- the problem for the error message (the caller names the place).
+local function parse_target(raw)
   if find(raw, "/", 1, true) then
     local text, family_or_reason = M.parse_cidr(raw)
     if not text then
-      fail(where, quote(raw) .. INVALID_TARGET .. " (" .. family_or_reason .. ")")
+      return nil, quote(raw) .. INVALID_TARGET .. " (" .. family_or_reason .. ")"
     end
     return "cidr", text, family_or_reason
   end
@@ -246,20 +261,56 @@ local function parse_target(raw, where)
   if text then return "ip", text, family end
 
   local name = lower(raw)
-  if sub(name, -1) == "." then name = sub(name, 1, -2) end
+  if byte(name, -1) == 46 then name = sub(name, 1, -2) end -- one trailing "."
   local kind, check = "domain", name
-  if sub(name, 1, 2) == "*." then
+  if byte(name, 1) == 42 and byte(name, 2) == 46 then -- "*."
     kind, check = "wildcard", sub(name, 3)
     if #name > 253 then
-      fail(where, quote(raw) .. INVALID_TARGET .. " (longer than 253 characters)")
+      return nil, quote(raw) .. INVALID_TARGET .. " (longer than 253 characters)"
     end
   end
   local ok, reason = valid_name(check)
   if not ok then
-    fail(where, quote(raw) .. INVALID_TARGET .. (reason and " (" .. reason .. ")" or ""))
+    return nil, quote(raw) .. INVALID_TARGET .. (reason and " (" .. reason .. ")" or "")
   end
   return kind, name
 end
+
+-- The kind ("domain", "wildcard", "ip" or "cidr") and, for address rules,
+-- the family (4 or 6) of a normalized target, read back from its text so that
+-- the compiled object need not store them. This is exact because the forms
+-- cannot be confused: only a wildcard starts with "*.", only a CIDR has a
+-- "/", only an IPv6 address has a ":", and a name always has a non-digit in
+-- its last label (an all-numeric one is rejected). One consequence: a CIDR
+-- with a full-length prefix (192.0.2.7/32) is normalized to the bare address
+-- and so reads back as kind "ip", which is what it is in the static sets.
+local function kind_of(target)
+  if byte(target, 1) == 42 then return "wildcard" end
+  local v6 = find(target, ":", 1, true) and 6 or 4
+  if find(target, "/", 1, true) then return "cidr", v6 end
+  if v6 == 6 or find(target, "^[0-9.]+$") then return "ip", v6 end
+  return "domain"
+end
+
+-- The name of the static set an address rule goes to.
+local STATIC_SET = {
+  allow = { [4] = "allow_v4", [6] = "allow_v6" },
+  deny = { [4] = "deny_v4", [6] = "deny_v6" },
+}
+
+-- rules.describe(verdict): "egress[3] allow *.pypi.org" for a verdict that
+-- names its rule by index and target (the host's format), the verdict's own
+-- rule string ("default", "audit:...") for one that has it, nil for a table
+-- that has neither. Builds a new string for a rule verdict: it is for logs
+-- and tools, not for the per-query path.
+local function describe(v)
+  local rule = v.rule
+  if rule ~= nil then return rule end
+  local index = v.index
+  if index == nil then return nil end
+  return format("egress[%d] %s %s", index, v.action, v.target)
+end
+M.describe = describe
 
 -- The compiled object -----------------------------------------------------
 
@@ -267,66 +318,126 @@ local Compiled = {}
 Compiled.__index = Compiled
 
 -- compiled:match(name) -> verdict table.
+--
 -- name must already be in the host's presentation form: lower-case, no
--- trailing dot, "" for the root. The returned tables are shared by every
--- query that hits the same rule, so callers must treat them as read-only.
+-- trailing dot, "" for the root.
+--
+-- The verdict is SHARED and REUSED. When a rule matches, match fills in and
+-- returns the one verdict table this compiled object owns,
+--   { action = "allow"|"deny", index = <0-based rule index>, target = <normalized target> }
+-- (no rule field: the host formats "egress[<index>] <action> <target>"
+-- itself, and :describe does the same in Lua). When no rule matches it
+-- returns the constant { action = default_action, rule = "default" }.
+-- So the returned table is valid only until the next match call on the same
+-- compiled object: copy the fields you need before matching again (calls on
+-- other compiled objects do not disturb it). Treat it as read-only.
 function Compiled:match(name)
-  local best = self.exact[name] or self.none
+  local best = self.exact[name] or self.n
   -- An exact hit on a rule that comes before every wildcard rule cannot be
   -- beaten, so the suffix walk is skipped.
-  if best < self.wild_min then return self.verdicts[best] end
-  local wild, wild_len = self.wild, self.wild_len
-  local n = #name
-  local pos = find(name, ".", 1, true)
-  while pos do
-    -- wild_len is a dense array of booleans indexed by suffix length; it
-    -- lets the walk skip creating a substring that cannot be a key.
-    if wild_len[n - pos] then
-      local i = wild[sub(name, pos + 1)]
-      if i and i < best then best = i end
+  if best >= self.wild_min then
+    local wild, wild_len = self.wild, self.wild_len
+    local len = #name
+    local pos = find(name, ".", 1, true)
+    while pos do
+      -- wild_len is a dense array of booleans indexed by suffix length; it
+      -- lets the walk skip creating a substring that cannot be a key.
+      if wild_len[len - pos] then
+        local i = wild[sub(name, pos + 1)]
+        if i and i < best then best = i end
+      end
+      pos = find(name, ".", pos + 1, true)
     end
-    pos = find(name, ".", pos + 1, true)
+    if best >= self.n then return self.default_verdict end
   end
-  if best < self.none then return self.verdicts[best] end
-  return self.default_verdict
+  local v = self.verdict
+  v.action, v.index, v.target = self.actions[best + 1], best, self.targets[best + 1]
+  return v
+end
+
+-- compiled:count() -> the number of rules (address rules included).
+function Compiled:count()
+  return self.n
+end
+
+-- compiled:rule(i) -> a new table { index = i, action, target, kind, family }
+-- for the 0-based rule index i (family only for ip and cidr rules), or nil
+-- when there is no such rule. For the API and tools; it allocates.
+function Compiled:rule(i)
+  if type(i) ~= "number" or i % 1 ~= 0 or i < 0 or i >= self.n then return nil end
+  local target = self.targets[i + 1]
+  local kind, family = kind_of(target)
+  return { index = i, action = self.actions[i + 1], target = target, kind = kind, family = family }
+end
+
+-- compiled:describe(verdict) -> "egress[3] allow *.pypi.org", or "default"
+-- for the default verdict (see describe above). Allocates.
+function Compiled:describe(v)
+  return describe(v)
 end
 
 -- compiled:verify() raises "selftest: ..." when an invariant of the compiled
 -- indexes does not hold. It exists so that policy scripts (interpreted) can
 -- check the whole policy cheaply from their selftest hook: every name rule
 -- must be reachable by a name it covers unless an earlier rule shadows it,
--- no wildcard may match its own apex, and names outside every rule must get
--- the default.
+-- no wildcard may match its own apex, no address rule may reach the matcher,
+-- every index entry must point at a rule with that target, and names outside
+-- every rule must get the default.
 function Compiled:verify()
+  local n, actions, targets = self.n, self.actions, self.targets
   local function check(cond, msg)
     if not cond then error("selftest: " .. msg, 0) end
   end
+  -- The messages about rule i start with its reference; they are only
+  -- formatted when the check fails.
+  local function check_rule(cond, i, problem, detail)
+    if not cond then
+      check(false, format("egress[%d] %s %s: ", i, tostring(actions[i + 1]),
+        tostring(targets[i + 1])) .. (detail and detail .. " " or "") .. problem)
+    end
+  end
   check(self.default_verdict.action == self.default_action,
     "default verdict does not carry defaultAction")
-  for _, r in ipairs(self.rules) do
-    if r.kind == "domain" or r.kind == "wildcard" then
-      local probe = r.kind == "domain" and r.target or ("x." .. sub(r.target, 3))
+  check(#actions == n and #targets == n, "the rule arrays do not hold one entry per rule")
+  local verdict = self.verdict
+  for i = 0, n - 1 do
+    local action, target = actions[i + 1], targets[i + 1]
+    check_rule(action == "allow" or action == "deny", i, "action is not allow or deny")
+    check_rule(type(target) == "string", i, "target is not a string")
+    local kind = kind_of(target)
+    if kind == "domain" or kind == "wildcard" then
+      local probe = kind == "domain" and target or ("x." .. sub(target, 3))
+      -- The verdict is shared: read it before the next match.
       local v = self:match(probe)
-      check(v.index ~= nil and v.index <= r.index,
-        format("%s: %s does not match its own rule", r.rule, probe))
-      if v.index == r.index then
-        check(v == self.verdicts[r.index + 1] and v.action == r.action,
-          format("%s: wrong verdict for %s", r.rule, probe))
+      local index = v.index
+      check_rule(index ~= nil and index <= i, i, "does not match its own rule", probe)
+      if index == i and not (v == verdict and v.action == action and v.target == target) then
+        check_rule(false, i, "wrong verdict for " .. probe)
       end
-      if r.kind == "wildcard" then
-        local apex = self:match(sub(r.target, 3))
-        check(apex.index ~= r.index,
-          format("%s: wildcard matches its own apex", r.rule))
+      if kind == "wildcard" then
+        check_rule(self:match(sub(target, 3)).index ~= i, i, "wildcard matches its own apex")
       end
     else
-      check(self.verdicts[r.index + 1] == nil,
-        format("%s: address rule reached the DNS matcher", r.rule))
+      check_rule(self:match(target).index ~= i, i, "address rule reached the DNS matcher")
+    end
+  end
+  -- The indexes hold nothing but first occurrences of name rules.
+  for name, i in pairs(self.exact) do
+    if targets[i + 1] ~= name or kind_of(name) ~= "domain" then
+      check(false, format("exact index entry %s points at rule %s", quote(tostring(name)), tostring(i)))
+    end
+  end
+  local wild_min, wild_len = self.wild_min, self.wild_len
+  for suffix, i in pairs(self.wild) do
+    local target = targets[i + 1]
+    if type(target) ~= "string" or sub(target, 3) ~= suffix or byte(target, 1) ~= 42
+      or i < wild_min or not wild_len[#suffix] then
+      check(false, format("wildcard index entry %s points at rule %s", quote(tostring(suffix)), tostring(i)))
     end
   end
   -- The root and a name under the reserved .invalid TLD (RFC 2606) match no
   -- rule unless one names them explicitly.
-  local root = self:match("")
-  check(root == self.default_verdict, "the root matched a rule")
+  check(self:match("") == self.default_verdict, "the root matched a rule")
   local probe = "sandgate-selftest.invalid"
   if self.exact[probe] == nil and self.wild["invalid"] == nil then
     check(self:match(probe) == self.default_verdict,
@@ -335,21 +446,31 @@ function Compiled:verify()
   return true
 end
 
+-- The place of rule i (1-based) in error messages. Only built on an error.
+local function rule_where(i)
+  return "egress[" .. (i - 1) .. "]"
+end
+
 -- rules.compile(doc) -> compiled object; raises "invalid policy: ...".
 --
--- Fields of the result:
+-- The result keeps nothing from doc (no reference into it) and nothing per
+-- rule but an action and a target. Fields (read-only):
 --   default_action   "allow" or "deny"
---   default_verdict  { action = default_action, rule = "default" }
---   rules            list of { index (0-based), action, target (normalized),
---                    raw, kind = "domain"|"wildcard"|"ip"|"cidr", rule,
---                    family (4/6, address rules only) }
---   verdicts         verdicts[index + 1] for name rules, nil for address rules
+--   default_verdict  { action = default_action, rule = "default" }, returned
+--                    by :match when no rule matches
+--   actions          actions[i + 1] = "allow"|"deny" of the rule egress[i]
+--   targets          targets[i + 1] = its normalized target: "api.github.com",
+--                    "*.pypi.org", "10.0.0.0/8", "2001:db8::1"
+--   exact            name -> 0-based index of the first exact rule for it
+--   wild             suffix -> 0-based index of the first *.suffix rule
 --   static           { allow_v4, allow_v6, deny_v4, deny_v6 }: canonical
 --                    strings of the address rules, in rule order. An address
 --                    or CIDR already listed by an earlier rule is dropped:
 --                    the earlier rule wins, as in DNS matching. Overlapping
 --                    but different prefixes are kept; ordering them is the
 --                    nftables layer's job.
+-- Use :count(), :rule(i) and :describe(v) rather than the arrays where you
+-- can; the layout of the arrays may change.
 function M.compile(doc)
   if doc == NULL then doc = nil end
   if doc ~= nil and (type(doc) ~= "table" or doc[1] ~= nil) then
@@ -357,7 +478,8 @@ function M.compile(doc)
   end
   doc = doc or {}
 
-  local default_action = parse_action(doc.defaultAction, "defaultAction")
+  local default_action, problem = parse_action(doc.defaultAction)
+  if not default_action then fail("defaultAction", problem) end
 
   local egress = doc.egress
   if egress == NULL then egress = nil end
@@ -372,65 +494,66 @@ function M.compile(doc)
     end
   end
 
-  local exact, wild, verdicts, list = {}, {}, {}, {}
-  local wild_len = {}
+  local exact, wild = {}, {}
+  local actions, targets = table_new(n, 0), table_new(n, 0)
+  local wild_len = table_new(256, 0)
   for i = 1, 256 do wild_len[i] = false end
-  local wild_min = n + 1
+  -- 0-based index of the first wildcard rule; n (no rule) if there is none.
+  local wild_min = n
   local static = { allow_v4 = {}, allow_v6 = {}, deny_v4 = {}, deny_v6 = {} }
+  -- Canonical IPv4 and IPv6 texts never coincide (only IPv6 has a ":"), so
+  -- one set of seen targets serves both families.
   local static_seen = {}
 
   for i = 1, n do
-    local where = "egress[" .. (i - 1) .. "]"
     local r = egress[i]
     if type(r) ~= "table" or r[1] ~= nil then
-      fail(where, "expected an object, got " .. json_type(r))
+      fail(rule_where(i), "expected an object, got " .. json_type(r))
     end
-    local action = parse_action(r.action, where .. ".action")
+    local action
+    action, problem = parse_action(r.action)
+    if not action then fail(rule_where(i) .. ".action", problem) end
     local raw = r.target
     if raw == nil or raw == NULL then
-      fail(where .. ".target", "missing (expected a string)")
+      fail(rule_where(i) .. ".target", "missing (expected a string)")
     end
     if type(raw) ~= "string" then
-      fail(where .. ".target", "expected a string, got " .. json_type(raw))
+      fail(rule_where(i) .. ".target", "expected a string, got " .. json_type(raw))
     end
-    local kind, target, family = parse_target(raw, where .. ".target")
-    local ref = where .. " " .. action .. " " .. target
-    list[i] = { index = i - 1, action = action, target = target, raw = raw,
-                kind = kind, rule = ref, family = family }
+    local kind, target, family = parse_target(raw)
+    if not kind then fail(rule_where(i) .. ".target", target) end
 
-    if kind == "domain" or kind == "wildcard" then
-      verdicts[i] = { action = action, rule = ref, index = i - 1, target = target }
-      if kind == "domain" then
-        if exact[target] == nil then exact[target] = i end
-      else
-        local suffix = sub(target, 3)
-        if wild[suffix] == nil then wild[suffix] = i end
-        wild_len[#suffix] = true
-        if i < wild_min then wild_min = i end
-      end
-    else
-      local key = family .. " " .. target
-      if not static_seen[key] then
-        static_seen[key] = true
-        local set = static[action .. (family == 4 and "_v4" or "_v6")]
-        set[#set + 1] = target
-      end
+    actions[i], targets[i] = action, target
+    if kind == "domain" then
+      -- The target string itself is the key: one string serves both.
+      if exact[target] == nil then exact[target] = i - 1 end
+    elseif kind == "wildcard" then
+      local suffix = sub(target, 3)
+      if wild[suffix] == nil then wild[suffix] = i - 1 end
+      wild_len[#suffix] = true
+      if i - 1 < wild_min then wild_min = i - 1 end
+    elseif not static_seen[target] then
+      static_seen[target] = true
+      local set = static[STATIC_SET[action][family]]
+      set[#set + 1] = target
     end
   end
 
   local self = {
     default_action = default_action,
     default_verdict = { action = default_action, rule = "default" },
-    rules = list,
-    verdicts = verdicts,
+    -- The one verdict :match fills in for a rule match (see :match).
+    verdict = { action = default_action, index = -1, target = "" },
+    actions = actions,
+    targets = targets,
     static = static,
     exact = exact,
     wild = wild,
     wild_len = wild_len,
-    -- "none" is one past the last rule: an index no rule has, so that
-    -- comparisons in :match stay numeric.
-    none = n + 1,
     wild_min = wild_min,
+    -- The number of rules, which is also one past the last index: an index
+    -- no rule has, so that comparisons in :match stay numeric.
+    n = n,
   }
   return setmetatable(self, Compiled)
 end

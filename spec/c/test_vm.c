@@ -163,6 +163,36 @@ static void memory_bomb_is_capped(void) {
   sg_vm_unref(vm);
 }
 
+/* Regression: a script that keeps its heap at the cap made the host's own
+ * argument pushes for the next query fail outside any protected call, and
+ * LuaJIT aborted the process. */
+static void memory_held_at_cap_does_not_abort(void) {
+  char err[512];
+  sg_vm_t *vm = NULL;
+  const char *p =
+      write_script("hoard.lua", "local hoard = {}\n"
+                                "return { decide = function(q)\n"
+                                "  if q.name == 'fill' then\n"
+                                "    for i = 1, 1e9 do hoard[#hoard + 1] = "
+                                "string.rep('y', 900) .. i end\n"
+                                "  end\n"
+                                "  return 'allow' end }\n");
+  ASSERT_EQ(build(p, NULL, &vm, err, sizeof(err)), 0);
+  sg_vm_verdict_t v;
+  ASSERT_EQ(ask(vm, "fill", &v), SG_VM_NOMEM);
+  ASSERT_EQ(v.allow, 0);
+  /* The hoard is still reachable: the heap stays at the cap. */
+  for (int i = 0; i < 200; i++) {
+    char name[32];
+    snprintf(name, sizeof(name), "q%d.example", i);
+    sg_vm_status_t st = ask(vm, name, &v);
+    ASSERT(st == SG_VM_OK || st == SG_VM_NOMEM);
+    if (st != SG_VM_OK)
+      ASSERT_EQ(v.allow, 0);
+  }
+  sg_vm_unref(vm);
+}
+
 static void sandbox_blocks_escapes(void) {
   char err[512];
   sg_vm_t *vm = NULL;
@@ -279,6 +309,7 @@ static const sg_test_case_t cases[] = {
     {"endless_loop_is_cut_off", endless_loop_is_cut_off},
     {"endless_loop_at_load_is_refused", endless_loop_at_load_is_refused},
     {"memory_bomb_is_capped", memory_bomb_is_capped},
+    {"memory_held_at_cap_does_not_abort", memory_held_at_cap_does_not_abort},
     {"sandbox_blocks_escapes", sandbox_blocks_escapes},
     {"verdict_forms", verdict_forms},
     {"missing_decide_is_refused", missing_decide_is_refused},

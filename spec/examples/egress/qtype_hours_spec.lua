@@ -1,4 +1,5 @@
 local log = require "sandgate.log"
+local rules = require "sandgate.rules"
 
 -- Loads a policy script roughly the way the host does: in an environment
 -- that can only require sandgate.* and cjson, with no io and a reduced os.
@@ -61,8 +62,7 @@ describe("examples/egress/qtype_hours.lua", function()
     it("answers A, AAAA, CNAME and HTTPS for allowed names", function()
       for _, t in ipairs({ "A", "AAAA", "CNAME", "HTTPS" }) do
         local v = policy.decide(query("api.example.com", t))
-        assert.equals("allow", v.action)
-        assert.equals("egress[0] allow api.example.com", v.rule)
+        assert.same({ action = "allow", index = 0, target = "api.example.com" }, v)
       end
       assert.equals(0, #lines)
     end)
@@ -82,7 +82,10 @@ describe("examples/egress/qtype_hours.lua", function()
     end)
 
     it("allows TXT for names in the TXT allowlist, but nothing more", function()
-      assert.equals("allow", policy.decide(query("cfg.example-config.com", "TXT")).action)
+      -- The policy's verdict comes back intact: matching the TXT allowlist
+      -- (another compiled object) does not touch it.
+      assert.same({ action = "allow", index = 1, target = "*.example-config.com" },
+        policy.decide(query("cfg.example-config.com", "TXT")))
       assert.equals("allow", policy.decide(query("a.b.example-config.com", "TXT")).action)
       assert.equals("allow", policy.decide(query("_acme-challenge.example.com", "TXT")).action)
       assert.equals("deny", policy.decide(query("cfg.example-config.com", "MX")).action)
@@ -126,14 +129,22 @@ describe("examples/egress/qtype_hours.lua", function()
       assert.equals("allow", policy.decide(query("api.example.com")).action)
     end)
 
+    it("returns the policy's verdict intact after checking the window", function()
+      policy.now = at_utc_hour(12)
+      assert.same({ action = "allow", index = 5, target = "*.slack.com" },
+        policy.decide(query("files.slack.com", "HTTPS")))
+      assert.same({ action = "allow", index = 4, target = "slack.com" },
+        policy.decide(query("slack.com")))
+    end)
+
     it("keeps policy denials of windowed names", function()
       policy.now = at_utc_hour(12)
-      assert.equals("egress[3] deny blocked.slack.com", policy.decide(query("blocked.slack.com")).rule)
-      assert.equals("egress[5] allow *.slack.com", policy.decide(query("x.blocked.slack.com")).rule)
+      assert.equals("egress[3] deny blocked.slack.com", rules.describe(policy.decide(query("blocked.slack.com"))))
+      assert.equals("egress[5] allow *.slack.com", rules.describe(policy.decide(query("x.blocked.slack.com"))))
       -- Outside the hours the policy denial still wins: it is the more
       -- specific answer and it does not depend on the clock.
       policy.now = at_utc_hour(22)
-      assert.equals("egress[3] deny blocked.slack.com", policy.decide(query("blocked.slack.com")).rule)
+      assert.equals("egress[3] deny blocked.slack.com", rules.describe(policy.decide(query("blocked.slack.com"))))
     end)
 
     it("supports windows that wrap midnight", function()

@@ -12,7 +12,8 @@ local function policy(default, list)
 end
 
 local function action(p, name) return p:match(name).action end
-local function rule(p, name) return p:match(name).rule end
+-- The log reference of the verdict: "egress[i] action target" or "default".
+local function rule(p, name) return p:describe(p:match(name)) end
 
 local function compile_error(doc)
   local ok, err = pcall(rules.compile, doc)
@@ -28,7 +29,7 @@ describe("sandgate.rules", function()
       for _, doc in ipairs({ false, cjson.null, {}, cjson.decode("{}") }) do
         local p = rules.compile(doc or nil)
         assert.equals("deny", p.default_action)
-        assert.equals(0, #p.rules)
+        assert.equals(0, p:count())
         assert.equals("deny", action(p, "example.com"))
         assert.equals("deny", action(p, ""))
         assert.same({ action = "deny", rule = "default" }, p:match("x"))
@@ -270,11 +271,11 @@ describe("sandgate.rules", function()
       assert.equals("allow", action(p, "files.pypi.org"))
       assert.equals("egress[0] allow example.com", rule(p, "example.com"))
       assert.equals("egress[1] allow *.pypi.org", rule(p, "files.pypi.org"))
-      assert.equals("example.com", p.rules[1].target)
-      assert.equals("Example.COM.", p.rules[1].raw)
-      assert.equals("domain", p.rules[1].kind)
-      assert.equals("wildcard", p.rules[2].kind)
-      assert.equals("ip", p.rules[3].kind)
+      assert.equals("example.com", p:rule(0).target)
+      assert.equals("*.pypi.org", p:rule(1).target)
+      assert.equals("domain", p:rule(0).kind)
+      assert.equals("wildcard", p:rule(1).kind)
+      assert.equals("ip", p:rule(2).kind)
     end)
 
     it("a wildcard on a single label covers a whole TLD", function()
@@ -346,7 +347,8 @@ describe("sandgate.rules", function()
       end
       local q = policy("allow", { "deny 1.2.3.4", "deny 0.0.0.0/0", "deny ::/0" })
       assert.equals("allow", action(q, "1.2.3.4"))
-      assert.is_nil(q.verdicts[1])
+      assert.is_nil(next(q.exact))
+      assert.is_nil(next(q.wild))
     end)
 
     it("keep their place in the rule indices", function()
@@ -384,11 +386,17 @@ describe("sandgate.rules", function()
         deny_v4 = { "198.51.100.0/24", "203.0.113.9", "203.0.113.0/24" },
         deny_v6 = { "fe80::/10", "::1" },
       }, p.static)
-      assert.equals("cidr", p.rules[1].kind)
-      assert.equals("ip", p.rules[2].kind)
-      assert.equals(4, p.rules[1].family)
-      assert.equals(6, p.rules[7].family)
-      assert.equals("egress[3] allow 172.16.0.0/12", p.rules[4].rule)
+      assert.equals("cidr", p:rule(0).kind)
+      assert.equals("ip", p:rule(1).kind)
+      -- A full-length prefix is normalized to the bare address, which is
+      -- what the rule reads back as.
+      assert.same({ index = 2, action = "allow", target = "192.0.2.8", kind = "ip", family = 4 },
+        p:rule(2))
+      assert.equals(4, p:rule(0).family)
+      assert.equals(6, p:rule(6).family)
+      assert.same({ index = 9, action = "allow", target = "::/0", kind = "cidr", family = 6 }, p:rule(9))
+      assert.equals("egress[3] allow 172.16.0.0/12", p:describe(p:rule(3)))
+      assert.is_nil(p:rule(17).family)
     end)
 
     it("drop an address an earlier rule already listed", function()
@@ -433,18 +441,44 @@ describe("sandgate.rules", function()
   end)
 
   describe("verdict tables", function()
-    it("are the same table for the same rule, so match allocates none", function()
+    it("name the rule by 0-based index and normalized target", function()
+      local p = policy("deny", { "allow a.com", "allow *.B.com.", "deny c.com", "allow 10.0.0.0/8" })
+      assert.same({ action = "allow", index = 1, target = "*.b.com" }, p:match("x.b.com"))
+      assert.same({ action = "deny", index = 2, target = "c.com" }, p:match("c.com"))
+      assert.same({ action = "allow", index = 0, target = "a.com" }, p:match("a.com"))
+      assert.same({ action = "deny", rule = "default" }, p:match("nothing"))
+    end)
+
+    it("are one table per compiled object, reused by every rule match", function()
       local p = policy("deny", { "allow a.com", "allow *.b.com", "deny c.com" })
-      local v1, v2 = p:match("a.com"), p:match("a.com")
+      local v1 = p:match("a.com")
+      assert.equals(0, v1.index)
+      local v2 = p:match("x.b.com")
+      -- The same table, now describing the second match: callers must read
+      -- a verdict before they match again.
       assert.equals(v1, v2)
-      assert.equals(p:match("x.b.com"), p:match("y.z.b.com"))
-      assert.equals(p.verdicts[2], p:match("x.b.com"))
-      assert.equals(p:match("nothing"), p:match("other"))
-      assert.equals(p.default_verdict, p:match("nothing"))
-      assert.same({ action = "allow", rule = "egress[1] allow *.b.com", index = 1, target = "*.b.com" },
-        p:match("x.b.com"))
-      assert.same({ action = "deny", rule = "egress[2] deny c.com", index = 2, target = "c.com" },
-        p:match("c.com"))
+      assert.same({ action = "allow", index = 1, target = "*.b.com" }, v1)
+      assert.equals(v1, p:match("c.com"))
+      assert.equals("deny", v1.action)
+      assert.equals(p.verdict, p:match("y.z.b.com"))
+      -- Another compiled object has a verdict of its own.
+      local q = policy("deny", { "deny a.com" })
+      assert.are_not.equals(v1, q:match("a.com"))
+      assert.equals(1, p:match("x.b.com").index)
+      assert.equals(0, q:match("a.com").index)
+      assert.equals(1, v1.index)
+    end)
+
+    it("return one constant default verdict, apart from the rule verdict", function()
+      local p = policy("allow", { "deny a.com" })
+      local d = p:match("nothing")
+      assert.equals(p.default_verdict, d)
+      assert.equals(d, p:match("other"))
+      assert.equals(d, p:match(""))
+      assert.are_not.equals(d, p:match("a.com"))
+      -- A rule match leaves the default verdict alone.
+      assert.same({ action = "allow", rule = "default" }, d)
+      assert.is_nil(d.index)
     end)
 
     it("does not allocate verdicts per call", function()
@@ -461,6 +495,123 @@ describe("sandgate.rules", function()
     end)
   end)
 
+  describe("describe", function()
+    it("formats rule verdicts as egress[index] action target", function()
+      local p = policy("deny", { "allow 1.2.3.4", "deny a.com", "allow *.pypi.org", "deny 2001:db8::/32" })
+      assert.equals("egress[2] allow *.pypi.org", p:describe(p:match("files.pypi.org")))
+      assert.equals("egress[1] deny a.com", p:describe(p:match("a.com")))
+      assert.equals("egress[3] deny 2001:db8::/32", p:describe(p:rule(3)))
+      assert.equals("egress[2] allow *.pypi.org",
+        p:describe({ action = "allow", index = 2, target = "*.pypi.org" }))
+    end)
+
+    it("gives a verdict's own rule string, and default for the default", function()
+      local p = policy("allow", { "deny a.com" })
+      assert.equals("default", p:describe(p:match("b.com")))
+      assert.equals("custom", p:describe({ action = "deny", rule = "custom" }))
+      assert.is_nil(p:describe({ action = "deny" }))
+      assert.equals("egress[0] deny a.com", rules.describe(p:match("a.com")))
+    end)
+  end)
+
+  describe("count and rule", function()
+    it("list every rule, address rules included, by 0-based index", function()
+      local p = policy("deny", { "allow API.github.com.", "deny *.pypi.org", "allow 10.1.2.3/8",
+                                 "deny ::FFFF:1.2.3.4", "allow a.com", "allow a.com" })
+      assert.equals(6, p:count())
+      assert.same({ index = 0, action = "allow", target = "api.github.com", kind = "domain" }, p:rule(0))
+      assert.same({ index = 1, action = "deny", target = "*.pypi.org", kind = "wildcard" }, p:rule(1))
+      assert.same({ index = 2, action = "allow", target = "10.0.0.0/8", kind = "cidr", family = 4 }, p:rule(2))
+      assert.same({ index = 3, action = "deny", target = "1.2.3.4", kind = "ip", family = 4 }, p:rule(3))
+      assert.same({ index = 5, action = "allow", target = "a.com", kind = "domain" }, p:rule(5))
+      -- A fresh table each time.
+      assert.are_not.equals(p:rule(0), p:rule(0))
+    end)
+
+    it("return nil outside the rule list", function()
+      local p = policy("deny", { "allow a.com" })
+      assert.is_nil(p:rule(-1))
+      assert.is_nil(p:rule(1))
+      assert.is_nil(p:rule(0.5))
+      assert.is_nil(p:rule("0"))
+      assert.is_nil(rules.compile(nil):rule(0))
+      assert.equals(0, rules.compile(nil):count())
+    end)
+
+    it("tell names from addresses by the normalized target", function()
+      local p = policy("deny", { "allow 1.2.3.example", "allow 3com.com", "allow *.10.in-addr.arpa",
+                                 "allow 2001:db8::1", "allow ::", "allow 0.0.0.0/0", "allow localhost" })
+      local kinds = {}
+      for i = 0, p:count() - 1 do kinds[#kinds + 1] = p:rule(i).kind end
+      assert.same({ "domain", "domain", "wildcard", "ip", "ip", "cidr", "domain" }, kinds)
+      assert.equals(6, p:rule(3).family)
+    end)
+  end)
+
+  describe("memory", function()
+    local function big_doc(n)
+      local egress = {}
+      for i = 1, n do
+        egress[i] = i % 2 == 1 and { action = "allow", target = "api.svc" .. i .. ".com" }
+          or { action = "deny", target = "*.svc" .. i .. ".org" }
+      end
+      return { defaultAction = "deny", egress = egress }
+    end
+
+    it("keeps a 4096-rule policy under 1 MiB", function()
+      collectgarbage("collect")
+      collectgarbage("collect")
+      local before = collectgarbage("count")
+      local doc = big_doc(4096)
+      local p = rules.compile(doc)
+      doc = nil -- luacheck: ignore
+      collectgarbage("collect")
+      collectgarbage("collect")
+      local cost = (collectgarbage("count") - before) / 1024
+      assert.equals(4096, p:count())
+      -- About 0.5 MiB (~130 bytes per rule), most of it the target strings;
+      -- the rule list with per-rule verdicts used to cost 2.5 MiB.
+      assert.truthy(cost < 1.0, string.format("4096 rules cost %.3f MiB", cost))
+    end)
+
+    it("keeps no reference to the document", function()
+      local weak = setmetatable({}, { __mode = "k" })
+      local doc = big_doc(64)
+      weak[doc], weak[doc.egress], weak[doc.egress[1]] = true, true, true
+      local p = rules.compile(doc)
+      doc = nil -- luacheck: ignore
+      collectgarbage("collect")
+      collectgarbage("collect")
+      assert.is_nil(next(weak))
+      assert.equals("allow", action(p, "api.svc1.com"))
+    end)
+
+    it("matches without net allocation", function()
+      local p = rules.compile(big_doc(4096))
+      local names = {}
+      for i = 1, 1000 do
+        local k = i % 4
+        names[i] = k == 0 and ("api.svc" .. (2 * i + 1) .. ".com")
+          or k == 1 and ("x.y.svc" .. (2 * i) .. ".org")
+          or k == 2 and ("svc" .. (2 * i) .. ".org")
+          or ("miss" .. i .. ".example.net")
+      end
+      local allowed = 0
+      collectgarbage("collect")
+      collectgarbage("collect")
+      local before = collectgarbage("count")
+      for i = 1, 100000 do
+        if p:match(names[i % 1000 + 1]).action == "allow" then allowed = allowed + 1 end
+      end
+      collectgarbage("collect")
+      collectgarbage("collect")
+      local grown = collectgarbage("count") - before
+      assert.equals(25000, allowed)
+      -- Probed suffix strings are garbage and collected; nothing stays.
+      assert.truthy(grown < 64, "100k matches kept " .. grown .. " KiB")
+    end)
+  end)
+
   describe("large policies", function()
     it("handles 1000 rules", function()
       local egress = {}
@@ -469,9 +620,9 @@ describe("sandgate.rules", function()
         egress[#egress + 1] = { action = i % 2 == 0 and "deny" or "allow", target = "*.zone" .. i .. ".example.net" }
       end
       local p = rules.compile({ defaultAction = "deny", egress = egress })
-      assert.equals(1000, #p.rules)
-      assert.same({ action = "allow", rule = "egress[2] allow host2.example.com", index = 2,
-                    target = "host2.example.com" }, p:match("host2.example.com"))
+      assert.equals(1000, p:count())
+      assert.same({ action = "allow", index = 2, target = "host2.example.com" },
+        p:match("host2.example.com"))
       assert.equals("egress[999] deny *.zone500.example.net", rule(p, "a.b.zone500.example.net"))
       assert.equals("egress[1] allow *.zone1.example.net", rule(p, "x.zone1.example.net"))
       assert.equals("default", rule(p, "zone1.example.net"))
@@ -500,6 +651,40 @@ describe("sandgate.rules", function()
       q.wild["b.com"] = nil
       assert.has_error(function() q:verify() end,
         "selftest: egress[1] allow *.b.com: x.b.com does not match its own rule")
+    end)
+
+    it("catches index entries that do not belong there", function()
+      local p = policy("deny", { "allow 1.2.3.4", "allow *.b.com", "allow c.com" })
+      p.exact["1.2.3.4"] = 0
+      assert.has_error(function() p:verify() end,
+        "selftest: egress[0] allow 1.2.3.4: address rule reached the DNS matcher")
+      p = policy("deny", { "allow 1.2.3.4", "allow *.b.com", "allow c.com" })
+      p.exact["b.com"] = 1
+      assert.has_error(function() p:verify() end,
+        "selftest: egress[1] allow *.b.com: wildcard matches its own apex")
+      p = policy("deny", { "allow 1.2.3.4", "allow *.b.com", "allow c.com" })
+      p.exact["d.com"] = 2
+      assert.has_error(function() p:verify() end,
+        'selftest: exact index entry "d.com" points at rule 2')
+      p = policy("deny", { "allow 1.2.3.4", "allow *.b.com", "allow c.com" })
+      p.wild["c.com"] = 2
+      assert.has_error(function() p:verify() end,
+        'selftest: wildcard index entry "c.com" points at rule 2')
+    end)
+
+    it("catches a corrupted rule array or verdict", function()
+      local p = policy("deny", { "allow a.com", "allow *.b.com" })
+      p.actions[2] = "maybe"
+      assert.has_error(function() p:verify() end,
+        "selftest: egress[1] maybe *.b.com: action is not allow or deny")
+      p = policy("deny", { "allow a.com", "allow *.b.com" })
+      p.targets[3] = "c.com"
+      assert.has_error(function() p:verify() end,
+        "selftest: the rule arrays do not hold one entry per rule")
+      p = policy("deny", { "allow a.com" })
+      p.default_verdict.action = "allow"
+      assert.has_error(function() p:verify() end,
+        "selftest: default verdict does not carry defaultAction")
     end)
   end)
 end)

@@ -1,4 +1,5 @@
 local cjson = require "cjson"
+local rules = require "sandgate.rules"
 
 -- Loads a policy script roughly the way the host does: in an environment
 -- that can only require sandgate.* and cjson, with no io and a reduced os.
@@ -59,12 +60,13 @@ describe("policies/egress/default.lua", function()
       ]}]]))
     policy.selftest()
     local v = policy.decide(query("api.github.com"))
-    assert.equals("allow", v.action)
-    assert.equals("egress[0] allow api.github.com", v.rule)
-    assert.equals("deny", policy.decide(query("upload.pypi.org")).action)
-    assert.equals("egress[2] allow *.pypi.org", policy.decide(query("files.pypi.org", "AAAA")).rule)
+    assert.same({ action = "allow", index = 0, target = "api.github.com" }, v)
+    assert.equals("egress[0] allow api.github.com", rules.describe(v))
+    assert.same({ action = "deny", index = 1, target = "upload.pypi.org" },
+      policy.decide(query("upload.pypi.org")))
+    assert.equals("egress[2] allow *.pypi.org", rules.describe(policy.decide(query("files.pypi.org", "AAAA"))))
     assert.equals("deny", policy.decide(query("pypi.org")).action)
-    assert.equals("default", policy.decide(query("github.com")).rule)
+    assert.same({ action = "deny", rule = "default" }, policy.decide(query("github.com")))
     assert.same({ allow_v4 = { "10.0.0.0/8" }, allow_v6 = {}, deny_v4 = {}, deny_v6 = { "2001:db8::1" } },
       policy.static_sets())
   end)
@@ -72,11 +74,37 @@ describe("policies/egress/default.lua", function()
   it("keeps no reference to the query table", function()
     policy.load({ defaultAction = "deny", egress = { { action = "allow", target = "a.com" } } })
     local q = query("a.com")
-    local v1 = policy.decide(q)
+    -- A verdict is read before the next decide, as the host does.
+    assert.equals("allow", policy.decide(q).action)
     q.name = "b.com" -- the host reuses q for the next query
-    local v2 = policy.decide(q)
-    assert.equals("allow", v1.action)
-    assert.equals("deny", v2.action)
+    assert.equals("deny", policy.decide(q).action)
+  end)
+
+  it("returns verdicts the host can log: a rule string or index and target", function()
+    policy.load({ defaultAction = "deny", egress = {
+      { action = "allow", target = "a.com" }, { action = "deny", target = "*.B.com" } } })
+    local seen = {}
+    for _, name in ipairs({ "a.com", "x.b.com", "c.com" }) do
+      local v = policy.decide(query(name))
+      assert.truthy(v.action == "allow" or v.action == "deny")
+      if v.rule == nil then
+        assert.is_number(v.index)
+        assert.is_string(v.target)
+        seen[#seen + 1] = string.format("egress[%d] %s %s", v.index, v.action, v.target)
+      else
+        assert.is_string(v.rule)
+        seen[#seen + 1] = v.rule
+      end
+    end
+    assert.same({ "egress[0] allow a.com", "egress[1] deny *.b.com", "default" }, seen)
+  end)
+
+  it("reuses one verdict table for every rule match", function()
+    policy.load({ defaultAction = "deny", egress = {
+      { action = "allow", target = "a.com" }, { action = "deny", target = "*.b.com" } } })
+    local v = policy.decide(query("a.com"))
+    assert.equals(v, policy.decide(query("x.b.com")))
+    assert.same({ action = "deny", index = 1, target = "*.b.com" }, v)
   end)
 
   it("keeps the previous policy when load fails", function()
