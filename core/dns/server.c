@@ -21,6 +21,8 @@
  * the first page of a slot is touched by a typical query. */
 #define UDP_BATCH 16
 #define UDP_SLOT (64 * 1024)
+/* Room for a burst of client queries while the loop is busy. */
+#define UDP_LISTEN_RCVBUF (4 << 20)
 
 typedef struct udp_listener {
   uv_udp_t udp;
@@ -483,8 +485,12 @@ int sg_dns_server_start(uv_loop_t *loop, const sg_dns_server_opts_t *opts,
     srv->open_handles++;
     srv->nudp++;
     rc = uv_udp_bind(&ul->udp, sa, 0);
-    if (!rc)
+    if (!rc) {
+      uv_os_fd_t fd;
+      if (uv_fileno((uv_handle_t *)&ul->udp, &fd) == 0)
+        sg_socket_grow_rcvbuf(fd, UDP_LISTEN_RCVBUF);
       rc = uv_udp_recv_start(&ul->udp, on_udp_alloc, on_udp_recv);
+    }
     if (rc) {
       snprintf(err, errlen, "cannot listen on %s/udp: %s", name,
                uv_strerror(rc));

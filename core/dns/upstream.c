@@ -15,6 +15,8 @@
  * far cheaper than recomputing the next deadline after every send (which is
  * linear in the number of queries in c-ares 1.18). */
 #define TICK_MS 50
+/* Room for a burst of answers on one upstream socket. */
+#define UPSTREAM_RCVBUF (4 << 20)
 
 typedef struct poller {
   uv_poll_t poll;
@@ -115,8 +117,9 @@ static void on_sock_state(void *data, ares_socket_t fd, int readable,
 }
 
 static int on_sock_config(ares_socket_t fd, int type, void *data) {
-  (void)type;
   sg_upstream_t *up = data;
+  if (type == SOCK_DGRAM)
+    sg_socket_grow_rcvbuf(fd, UPSTREAM_RCVBUF);
   if (up->mark == 0)
     return 0;
   /* Without the mark the interception rule would send our own upstream
@@ -200,13 +203,17 @@ static int init_chan(sg_upstream_t *up, int i, const struct sockaddr *sa,
 
   struct ares_options o;
   memset(&o, 0, sizeof(o));
-  /* One server and one try per channel: failover is done above, across
-   * channels. NOCHECKRESP hands us SERVFAIL/REFUSED answers so that every
-   * rcode other than NOERROR/NXDOMAIN fails over the same way. */
+  /* One server per channel: failover is done above, across channels.
+   * NOCHECKRESP hands us SERVFAIL/REFUSED answers so that every rcode other
+   * than NOERROR/NXDOMAIN fails over the same way. Within one exchange the
+   * query is sent twice: c-ares doubles the wait for the second try, so a
+   * first wait of a third of the budget makes the two tries take exactly
+   * the configured timeout, and one lost datagram costs a resend, not a
+   * SERVFAIL. */
   o.flags = ARES_FLAG_NOCHECKRESP | ARES_FLAG_NOSEARCH | ARES_FLAG_NOALIASES |
             ARES_FLAG_STAYOPEN;
-  o.timeout = (int)timeout_ms;
-  o.tries = 1;
+  o.timeout = (int)(timeout_ms / 3 ? timeout_ms / 3 : 1);
+  o.tries = 2;
   o.sock_state_cb = on_sock_state;
   o.sock_state_cb_data = c;
   int mask = ARES_OPT_FLAGS | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES |

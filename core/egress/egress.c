@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <uv.h>
 
 #include "dns/server.h"
@@ -31,7 +32,7 @@ typedef struct {
   uv_fs_event_t watch;
   uv_timer_t debounce;
   char script_dir[4096];
-  char script_base[1024];
+  struct stat script_seen; /* the file the running VM was built from */
   uint64_t script_errors;
   uint64_t reloads, reload_failures;
   int stopping;
@@ -122,22 +123,51 @@ static void reload(egress_t *e, const char *trigger) {
   sg_log_end(&l);
 }
 
+/* The script's identity through any symlinks. A Kubernetes ConfigMap
+ * updates a mounted file by swapping a `..data` symlink in the directory, so
+ * the event names that link, not the script; comparing what the path
+ * resolves to catches every way of replacing or editing the file, and
+ * ignores events for the directory's other files. */
+static int script_changed(egress_t *e) {
+  struct stat st;
+  /* A missing file is a state of its own (all zero): its disappearance is
+   * reported once, by a reload that fails and keeps the running VM. */
+  if (stat(e->cfg.script, &st) != 0)
+    memset(&st, 0, sizeof(st));
+  const struct stat *o = &e->script_seen;
+  return st.st_ino != o->st_ino || st.st_dev != o->st_dev ||
+         st.st_size != o->st_size || st.st_mtim.tv_sec != o->st_mtim.tv_sec ||
+         st.st_mtim.tv_nsec != o->st_mtim.tv_nsec;
+}
+
+static void remember_script(egress_t *e) {
+  if (stat(e->cfg.script, &e->script_seen) != 0)
+    memset(&e->script_seen, 0, sizeof(e->script_seen));
+}
+
 static void on_debounce(uv_timer_t *t) {
-  reload(t->data, "file-change");
+  egress_t *e = t->data;
+  if (!script_changed(e))
+    return;
+  remember_script(e);
+  reload(e, "file-change");
 }
 
 static void on_script_event(uv_fs_event_t *h, const char *filename, int events,
                             int status) {
   (void)events;
+  (void)filename;
   egress_t *e = h->data;
-  if (status < 0 || !filename || strcmp(filename, e->script_base) != 0)
+  if (status < 0)
     return;
   uv_timer_start(&e->debounce, on_debounce, RELOAD_DEBOUNCE_MS, 0);
 }
 
 static void on_sighup(uv_signal_t *h, int signum) {
   (void)signum;
-  reload(h->data, "SIGHUP");
+  egress_t *e = h->data;
+  remember_script(e);
+  reload(e, "SIGHUP");
 }
 
 static void close_handle(uv_handle_t *h) {
@@ -254,8 +284,7 @@ static int load_initial_policy(egress_t *e) {
 
 static void start_watch(egress_t *e) {
   char tmp[4096];
-  snprintf(tmp, sizeof(tmp), "%s", e->cfg.script);
-  snprintf(e->script_base, sizeof(e->script_base), "%s", basename(tmp));
+  remember_script(e);
   snprintf(tmp, sizeof(tmp), "%s", e->cfg.script);
   snprintf(e->script_dir, sizeof(e->script_dir), "%s", dirname(tmp));
   uv_fs_event_init(e->loop, &e->watch);

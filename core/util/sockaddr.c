@@ -97,6 +97,14 @@ uint16_t sg_sockaddr_port(const struct sockaddr *sa) {
   return 0;
 }
 
+int sg_socket_grow_rcvbuf(int fd, int bytes) {
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) == 0)
+    return 0;
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes)) == 0)
+    return 0;
+  return -errno;
+}
+
 socklen_t sg_sockaddr_len(const struct sockaddr *sa) {
   return sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
                                    : sizeof(struct sockaddr_in);

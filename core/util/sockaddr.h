@@ -25,4 +25,10 @@ const char *sg_sockaddr_ip(const struct sockaddr *sa, char *buf, size_t len);
 uint16_t sg_sockaddr_port(const struct sockaddr *sa);
 socklen_t sg_sockaddr_len(const struct sockaddr *sa);
 
+/* Raises a socket's receive buffer to `bytes`: SO_RCVBUFFORCE where the
+ * process may (CAP_NET_ADMIN), else SO_RCVBUF (capped by rmem_max). A burst
+ * of answers must queue, not be dropped: a lost UDP answer costs the client
+ * a whole timeout. Best effort; returns 0 or a negative errno. */
+int sg_socket_grow_rcvbuf(int fd, int bytes);
+
 #endif

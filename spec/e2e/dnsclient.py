@@ -22,6 +22,8 @@ the shell script to check):
                                            "closed" (tcp frames HEX, tcpraw not)
   json-lines FILE                          number of lines that are not JSON
   fuzz HOST PORT SEED COUNT                random UDP packets -> "sent N replies M"
+  serve HOST PORT ADDRESS                  a UDP DNS server answering every A
+                                           query with ADDRESS (big socket buffer)
   log-count FILE key=value|key~=part...    number of JSON log lines with all
                                            these fields (~=: contains)
 """
@@ -331,6 +333,39 @@ def field_matches(rec, key, value):
     if key.endswith("~"):
         return value in str(rec.get(key[:-1], ""))
     return key in rec and str(rec[key]) == value
+
+
+def cmd_serve(host, port, address):
+    """A minimal UDP authority: answers every A query with ADDRESS (TTL 0),
+    anything else with NOERROR and no records. Its socket has a 4 MiB
+    receive buffer (SO_RCVBUFFORCE, root), so that bursts are not lost on
+    the test's side. Runs until killed."""
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    s.bind((host, int(port)))
+    print("ready", flush=True)
+    addr = socket.inet_aton(address)
+    while True:
+        q, peer = s.recvfrom(65535)
+        if len(q) < 12:
+            continue
+        qid, flags, qd = struct.unpack(">HHH", q[:6])
+        if flags & 0x8000 or qd != 1:
+            continue
+        end = 12
+        while end < len(q) and q[end] != 0:
+            end += 1 + q[end]
+        question = q[12:end + 5]
+        qtype = struct.unpack(">H", question[-4:-2])[0] if len(question) >= 5 else 0
+        an = b""
+        if qtype == 1:
+            an = struct.pack(">HHHIH", 0xC00C, 1, 1, 0, 4) + addr
+        reply = struct.pack(">HHHHHH", qid, 0x8180 | (flags & 0x0100), 1,
+                            1 if an else 0, 0, 0) + question + an
+        s.sendto(reply, peer)
 
 
 def cmd_log_count(path, *pairs):

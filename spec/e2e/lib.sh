@@ -37,6 +37,14 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
+for tool in ip nft dnsmasq dig setpriv getent "$PY"; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "not ok - $tool is needed (dnsmasq-base, dnsutils, nftables, util-linux, python3)"
+    echo "0 passed, 1 failed"
+    exit 1
+  fi
+done
+
 # The sanitizer build reports leaks at exit (ctest runs it like this) and
 # stops at the first error; the log scan in e2e_finish catches the report.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
@@ -53,7 +61,7 @@ UP4=10.$X.0.1        # main upstream (dnsmasq), the sandbox's resolv.conf
 DEAD4=10.$X.0.2      # an upstream address with nothing listening: ICMP unreachable
 DROP4A=10.$X.0.3     # upstream addresses whose traffic the upstream netns drops
 DROP4B=10.$X.0.5
-ALT4=10.$X.0.4       # second dnsmasq (port 5300, --edns-packet-max=512)
+ALT4=10.$X.0.4       # second upstream (dnsmasq --edns-packet-max=512, ...)
 SB4=10.$X.0.10       # the sandbox
 UP6=fd5e:e2e:$X::1
 ALT6=fd5e:e2e:$X::4
@@ -282,11 +290,14 @@ dnsmasq_answers() {
 # stderr in $TMP/NAME.log and waits (bounded) for egress.started. Variables
 # set in front of the call (VAR=x sg_start ...) reach sandgate's environment.
 # Sets SG_PID and SG_LOG. Fails if the process ends or never gets ready.
+# SG_WRAP (an array) may name a command that execs the rest (setpriv).
+SG_WRAP=()
 sg_start() {
   SG_LOG=$TMP/$1.log
   shift
-  # ip execs the binary: $! is sandgate's own PID.
-  ip netns exec "$NS_SB" "$BIN" egress "$@" 2>"$SG_LOG" >>"$TMP/sandgate.stdout" &
+  # ip (and a wrapper such as setpriv) exec the binary: $! is sandgate's
+  # own PID.
+  ip netns exec "$NS_SB" "${SG_WRAP[@]}" "$BIN" egress "$@" 2>"$SG_LOG" >>"$TMP/sandgate.stdout" &
   SG_PID=$!
   E2E_PIDS+=("$SG_PID")
   E2E_LOGS+=("$SG_LOG")
@@ -331,7 +342,7 @@ sg_run_fg() {
   FG_ERR=$TMP/fg-$FG_N.log
   E2E_LOGS+=("$FG_ERR")
   FG_RC=0
-  ip netns exec "$NS_SB" timeout -s KILL "$secs" env "${envs[@]}" "$BIN" egress "$@" \
+  ip netns exec "$NS_SB" timeout -s KILL "$secs" env "${envs[@]}" "${SG_WRAP[@]}" "$BIN" egress "$@" \
     2>"$FG_ERR" >/dev/null || FG_RC=$?
 }
 
@@ -392,12 +403,14 @@ log_has() { [ "$(log_count "$@")" -gt 0 ]; }
 
 # ---- end --------------------------------------------------------------------
 
-# Sanitizer reports in any sandgate log are failures.
+# Sanitizer reports in any sandgate log are failures: ASan/LSan/UBSan errors,
+# and LSan failing to run at all.
+SANITIZER_RE='ERROR: [A-Za-z]*Sanitizer|Sanitizer has encountered a fatal error|Sanitizer:DEADLYSIGNAL|runtime error:|SUMMARY: [A-Za-z]*Sanitizer'
 sanitizer_scan() {
   local f bad=()
   for f in "${E2E_LOGS[@]}"; do
     [ -f "$f" ] || continue
-    if grep -qE 'ERROR: (Address|Leak|Memory|Thread)Sanitizer|runtime error:|SUMMARY: [A-Za-z]*Sanitizer' "$f"; then
+    if grep -qE "$SANITIZER_RE" "$f"; then
       bad+=("$f")
     fi
   done
@@ -407,7 +420,7 @@ sanitizer_scan() {
     not_ok "sanitizer reports in ${#bad[@]} sandgate logs"
     for f in "${bad[@]}"; do
       diag "$f:"
-      grep -E -A 30 'ERROR: [A-Za-z]*Sanitizer|runtime error:' "$f" | head -n 60 | diag
+      grep -E -A 30 "$SANITIZER_RE" "$f" | head -n 60 | diag
     done
     E2E_KEEP=1
   fi

@@ -83,15 +83,16 @@ check_eq "a change to another file in the script's directory does not reload" "$
 
 for f in "$E2E_DIR"/reload_broken/*.lua; do
   kind=$(basename "$f" .lua)
-  want=$(sed -n '1s/^-- expect: //p' "$f")
+  wants=()
+  while IFS= read -r w; do wants+=("error~=$w"); done < <(sed -n 's/^-- expect: //p' "$f")
   before=$(failures)
   install_mv "$f"
   if wait_until 5 failures_more "$before"; then
     line=$(grep '"event":"policy.reload_failed"' "$SG_LOG" | tail -n1)
-    if [ "$(log_count <(echo "$line") trigger=file-change "script=$SCRIPT" "error~=$want" "kept=previous script")" == 1 ]; then
-      ok "broken script ($kind): policy.reload_failed, error has \"$want\""
+    if [ "$(log_count <(echo "$line") trigger=file-change "script=$SCRIPT" "${wants[@]}" "kept=previous script")" == 1 ]; then
+      ok "broken script ($kind): policy.reload_failed, error has ${wants[*]#error~=}"
     else
-      not_ok "broken script ($kind): policy.reload_failed, error has \"$want\""
+      not_ok "broken script ($kind): policy.reload_failed, error has ${wants[*]#error~=}"
       diag "$line"
     fi
   else
@@ -100,6 +101,14 @@ for f in "$E2E_DIR"/reload_broken/*.lua; do
   fi
   expect_names "broken script ($kind): the previous script still decides" z.example x.example y.example
 done
+
+# A deleted script cannot be reloaded either.
+before=$(failures)
+rm -f "$SCRIPT"
+wait_until 5 failures_more "$before"
+check_eq "script deleted: policy.reload_failed (cannot open it)" 1 \
+  "$(log_count <(grep '"event":"policy.reload_failed"' "$SG_LOG" | tail -n1) trigger=file-change 'error~=cannot open script')"
+expect_names "script deleted: the previous script still decides" z.example x.example y.example
 
 # ---- SIGHUP ------------------------------------------------------------------
 
@@ -174,6 +183,34 @@ before=$(reloads SIGHUP)
 kill -HUP "$SG_PID"
 wait_until 5 log_has_more "$before" SIGHUP
 expect_names "SIGHUP after the failures" z.example y.example loop.example
+
+# A burst of signals: each reload replaces the VM whole; nothing breaks.
+before=$(reloads SIGHUP)
+for i in $(seq 20); do kill -HUP "$SG_PID"; done
+wait_until 5 log_has_more "$before" SIGHUP
+sleep 0.3
+check "20 SIGHUPs in a row: reloaded, still running" log_has_more "$before" SIGHUP
+expect_names "after 20 SIGHUPs" z.example y.example
+
+# A burst of writes (the script is a regular file again) is debounced into
+# few reloads, and the last content wins.
+policy_text x.example >"$TMP/x.lua"
+install_mv "$TMP/x.lua"
+wait_until 5 log_has_more "$(reloads file-change)" file-change
+sleep 0.3
+before=$(reloads file-change)
+for i in 1 2 3 4 5 6 7 8 9; do policy_text y.example >"$SCRIPT"; policy_text z.example >"$SCRIPT"; done
+wait_until 5 log_has_more "$before" file-change
+sleep 0.5
+after=$(reloads file-change)
+if [ "$after" -gt "$before" ] && [ "$after" -le $((before + 5)) ]; then
+  ok "18 quick rewrites of the script: $((after - before)) reload(s) (debounced)"
+else
+  not_ok "18 quick rewrites of the script: a few reloads (debounced)"
+  diag "reloads: $before -> $after"
+fi
+expect_names "after the burst of writes: the last content applies" z.example x.example y.example
+check_eq "every log line is one JSON object" 0 "$("$PY" "$DNSCLIENT" json-lines "$SG_LOG")"
 
 sg_stop
 check_eq "sandgate stops with status 0" 0 "$SG_RC"

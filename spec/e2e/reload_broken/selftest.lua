@@ -1,4 +1,5 @@
--- expect: selftest failed: egress.lua:4: selftest says no
+-- expect: selftest failed:
+-- expect: egress.lua:5: selftest says no
 local M = {}
 function M.decide(q) return "allow" end
 function M.selftest() error("selftest says no") end
