@@ -41,7 +41,7 @@ if [[ ! -x $SANDGATE_BIN ]]; then
 fi
 
 # The harness substitutes the {…} placeholders; --rules @file reads the policy JSON from a file.
-export CANDIDATE_DNS_CMD=${CANDIDATE_DNS_CMD:-"$SANDGATE_BIN egress --no-intercept --no-query-log \
+export CANDIDATE_DNS_CMD=${CANDIDATE_DNS_CMD:-"$SANDGATE_BIN egress --no-intercept --no-query-log --http-addr off \
 --listen {LISTEN_ADDR}:{LISTEN_PORT} --upstream {UPSTREAM_ADDR}:{UPSTREAM_PORT} --rules @{RULES}${SANDGATE_ARGS:+ $SANDGATE_ARGS}"}
 export SYSTEMS=${SYSTEMS:-"direct dnsdist-lua candidate"}
 export BASE_PORT=${BASE_PORT:-25300}

@@ -60,7 +60,7 @@ zone:
 C
 start_bg UP "$OUT/nsd.out" taskset -c "$LOAD_CPU" nsd -d -c "$OUT/nsd.conf"
 wait_dns "$UP_PORT" || { echo "nsd did not start" >&2; exit 1; }
-start_bg SG "$OUT/sandgate.log" taskset -c "$SUT_CPU" "$SANDGATE_BIN" egress --no-intercept --no-query-log \
+start_bg SG "$OUT/sandgate.log" taskset -c "$SUT_CPU" "$SANDGATE_BIN" egress --no-intercept --no-query-log --http-addr off \
   --listen "127.0.0.1:$PROXY_PORT" --upstream "127.0.0.1:$UP_PORT" --rules "@$OUT/rules.json"
 wait_dns "$PROXY_PORT" || { echo "sandgate did not start" >&2; tail "$OUT/sandgate.log" >&2; exit 1; }
 PID=$(ps -o pid=,comm= -g "$SG" | awk '$2 == "sandgate" {print $1; exit}')

@@ -124,7 +124,7 @@ measure() { # measure <label> <rules> <dir> <comm> cmd...
 for n in $RULE_COUNTS; do
   dir=$WORK/r$n; mkdir -p "$dir"
   N_RULES=$n UPSTREAM_PORT=$UP_PORT /usr/bin/python3 "$SHARED_BENCH/lib/gen_dns.py" "$dir"
-  measure sandgate "$n" "$dir" sandgate "$SANDGATE_BIN" egress --no-intercept --no-query-log \
+  measure sandgate "$n" "$dir" sandgate "$SANDGATE_BIN" egress --no-intercept --no-query-log --http-addr off \
     --listen "127.0.0.1:$PROXY_PORT" --upstream "127.0.0.1:$UP_PORT" --rules "@$dir/rules.json"
   if [[ $COMPARE == 1 ]] && command -v dnsdist >/dev/null; then
     sed "s/{LISTEN_PORT}/$PROXY_PORT/" "$dir/dnsdist-lua.conf" >"$dir/dnsdist-lua.run.conf"

@@ -12,6 +12,7 @@ endfunction()
 sg_c_test(test_dns_message)
 sg_c_test(test_nft_intercept)
 sg_c_test(test_vm)
+sg_c_test(test_http_server)
 
 find_program(BUSTED busted)
 find_program(LUAJIT_BIN luajit)

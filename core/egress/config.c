@@ -12,41 +12,34 @@
 #define DEFAULT_DNS_PORT 15353
 #define DEFAULT_RESOLV_CONF "/etc/resolv.conf"
 
+/* clang-format off */
 static const char usage[] =
     "usage: sandgate egress [flags]\n"
     "\n"
-    "Runs the egress plane of a sandbox: a policy DNS proxy on "
-    "127.0.0.1:15353\n"
-    "and [::1]:15353, with port 53 redirected to it by nftables.\n"
+    "Runs the egress plane of a sandbox: a policy DNS proxy on 127.0.0.1:15353\n"
+    "and [::1]:15353, with port 53 redirected to it by nftables, and the\n"
+    "OpenSandbox policy API on :18080.\n"
     "\n"
     "flags (each wins over its environment variable):\n"
-    "  --upstream LIST        OPENSANDBOX_EGRESS_DNS_UPSTREAM: IP, IP:port, "
-    "[v6]:port, comma-separated\n"
-    "  --upstream-timeout S   OPENSANDBOX_EGRESS_DNS_UPSTREAM_TIMEOUT: seconds "
-    "per exchange (5, max 120)\n"
-    "  --policy-file PATH     OPENSANDBOX_EGRESS_POLICY_FILE: policy document "
-    "read at start\n"
-    "  --rules JSON|@PATH     OPENSANDBOX_EGRESS_RULES: initial policy "
-    "document\n"
-    "  --script PATH          SANDGATE_EGRESS_SCRIPT: Lua policy script "
-    "(policies/egress/default.lua)\n"
-    "  --listen ADDR:PORT     SANDGATE_EGRESS_LISTEN (comma list): DNS "
-    "listeners, repeatable\n"
-    "  --no-intercept         SANDGATE_EGRESS_NO_INTERCEPT=1: do not touch the "
-    "kernel ruleset\n"
-    "  --on-exit keep|remove  SANDGATE_EGRESS_ON_EXIT: what happens to the nft "
-    "table on a clean stop\n"
+    "  --upstream LIST        OPENSANDBOX_EGRESS_DNS_UPSTREAM: IP, IP:port, [v6]:port, comma-separated\n"
+    "  --upstream-timeout S   OPENSANDBOX_EGRESS_DNS_UPSTREAM_TIMEOUT: seconds per exchange (5, max 120)\n"
+    "  --policy-file PATH     OPENSANDBOX_EGRESS_POLICY_FILE: policy document read at start, written on change\n"
+    "  --rules JSON|@PATH     OPENSANDBOX_EGRESS_RULES: initial policy document\n"
+    "  --script PATH          SANDGATE_EGRESS_SCRIPT: Lua policy script (policies/egress/default.lua)\n"
+    "  --listen ADDR:PORT     SANDGATE_EGRESS_LISTEN (comma list): DNS listeners, repeatable\n"
+    "  --no-intercept         SANDGATE_EGRESS_NO_INTERCEPT=1: do not touch the kernel ruleset\n"
+    "  --on-exit keep|remove  SANDGATE_EGRESS_ON_EXIT: what happens to the nft table on a clean stop\n"
+    "  --http-addr ADDR       OPENSANDBOX_EGRESS_HTTP_ADDR: policy API listener (:18080; off = none)\n"
+    "  --token TOKEN          OPENSANDBOX_EGRESS_TOKEN (or _TOKEN_FILE): required API header value\n"
+    "  --max-rules N          OPENSANDBOX_EGRESS_MAX_RULES: rules a policy may have (4096; 0 = no limit)\n"
+    "  --mode MODE            OPENSANDBOX_EGRESS_MODE: dns (dns+nft is not built yet)\n"
     "  --no-query-log         SANDGATE_LOG_QUERIES=0: no per-query log lines\n"
-    "  --log-level LEVEL      SANDGATE_LOG_LEVEL: debug, info, warn, error "
-    "(info)\n"
-    "  --tcp-idle-timeout S   SANDGATE_DNS_TCP_IDLE_TIMEOUT: idle TCP clients "
-    "closed after S seconds (10)\n"
-    "  --tcp-max-clients N    SANDGATE_DNS_TCP_MAX_CLIENTS: concurrent TCP "
-    "clients (256)\n"
-    "  --script-memory MB     SANDGATE_SCRIPT_MEMORY_MB: memory cap of a "
-    "policy VM (64)\n"
-    "  --script-timeout MS    SANDGATE_SCRIPT_TIMEOUT_MS: time budget of one "
-    "decide call (100)\n";
+    "  --log-level LEVEL      SANDGATE_LOG_LEVEL: debug, info, warn, error (info)\n"
+    "  --tcp-idle-timeout S   SANDGATE_DNS_TCP_IDLE_TIMEOUT: idle TCP clients closed after S seconds (10)\n"
+    "  --tcp-max-clients N    SANDGATE_DNS_TCP_MAX_CLIENTS: concurrent TCP clients (256)\n"
+    "  --script-memory MB     SANDGATE_SCRIPT_MEMORY_MB: memory cap of a policy VM (64)\n"
+    "  --script-timeout MS    SANDGATE_SCRIPT_TIMEOUT_MS: time budget of one decide call (100)\n";
+/* clang-format on */
 
 /* Reads an unsigned number in [min, max]; the name goes into the message. */
 static int parse_uint(const char *name, const char *s, unsigned long min,
@@ -147,6 +140,10 @@ enum {
   OPT_TCP_MAX,
   OPT_SCRIPT_MEM,
   OPT_SCRIPT_TIMEOUT,
+  OPT_HTTP_ADDR,
+  OPT_TOKEN,
+  OPT_MAX_RULES,
+  OPT_MODE,
   OPT_HELP,
 };
 
@@ -165,6 +162,10 @@ static const struct option long_opts[] = {
     {"tcp-max-clients", required_argument, NULL, OPT_TCP_MAX},
     {"script-memory", required_argument, NULL, OPT_SCRIPT_MEM},
     {"script-timeout", required_argument, NULL, OPT_SCRIPT_TIMEOUT},
+    {"http-addr", required_argument, NULL, OPT_HTTP_ADDR},
+    {"token", required_argument, NULL, OPT_TOKEN},
+    {"max-rules", required_argument, NULL, OPT_MAX_RULES},
+    {"mode", required_argument, NULL, OPT_MODE},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -174,6 +175,7 @@ typedef struct {
   const char *upstream, *upstream_timeout, *policy_file, *rules, *script;
   const char *listen, *no_intercept, *on_exit, *log_queries, *log_level;
   const char *tcp_idle, *tcp_max, *script_mem, *script_timeout;
+  const char *http_addr, *token, *token_file, *max_rules, *mode;
   char listen_flags[1024];
 } raw_t;
 
@@ -203,6 +205,11 @@ static int collect(raw_t *r, int argc, char **argv, char *err, size_t errlen) {
   r->tcp_max = env("SANDGATE_DNS_TCP_MAX_CLIENTS");
   r->script_mem = env("SANDGATE_SCRIPT_MEMORY_MB");
   r->script_timeout = env("SANDGATE_SCRIPT_TIMEOUT_MS");
+  r->http_addr = env("OPENSANDBOX_EGRESS_HTTP_ADDR");
+  r->token = env("OPENSANDBOX_EGRESS_TOKEN");
+  r->token_file = env("OPENSANDBOX_EGRESS_TOKEN_FILE");
+  r->max_rules = env("OPENSANDBOX_EGRESS_MAX_RULES");
+  r->mode = env("OPENSANDBOX_EGRESS_MODE");
 
   optind = 1;
   opterr = 0;
@@ -231,6 +238,13 @@ static int collect(raw_t *r, int argc, char **argv, char *err, size_t errlen) {
     case OPT_TCP_MAX: r->tcp_max = optarg; break;
     case OPT_SCRIPT_MEM: r->script_mem = optarg; break;
     case OPT_SCRIPT_TIMEOUT: r->script_timeout = optarg; break;
+    case OPT_HTTP_ADDR: r->http_addr = optarg; break;
+    case OPT_TOKEN:
+      r->token = optarg;
+      r->token_file = NULL;
+      break;
+    case OPT_MAX_RULES: r->max_rules = optarg; break;
+    case OPT_MODE: r->mode = optarg; break;
     case 'h':
     case OPT_HELP: fputs(usage, stdout); return 1;
     default:
@@ -380,6 +394,51 @@ int sg_egress_config_load(sg_egress_config_t *c, int argc, char **argv,
       return rc;
     c->script_mem = (size_t)v << 20;
   }
+  /* The policy API. ":18080" (Go's form) listens on every address, v4 and
+   * v6; "off" turns the API off (benchmarks, plain DNS server use). */
+  const char *addr = r.http_addr ? r.http_addr : ":18080";
+  c->api_enabled = strcasecmp(addr, "off") != 0;
+  if (c->api_enabled) {
+    char buf[300], perr[256];
+    if (addr[0] == ':')
+      snprintf(buf, sizeof(buf), "[::]%s", addr);
+    else
+      snprintf(buf, sizeof(buf), "%s", addr);
+    if (sg_sockaddr_parse(buf, 18080, &c->api_listen, perr, sizeof(perr))) {
+      snprintf(err, errlen, "OPENSANDBOX_EGRESS_HTTP_ADDR: %s", perr);
+      return -EINVAL;
+    }
+  }
+  if (r.token) {
+    c->token = strdup(r.token);
+  } else if (r.token_file) {
+    char *text = NULL;
+    if ((rc = read_whole_file(r.token_file, &text, err, errlen)))
+      return rc;
+    /* A mounted secret usually ends with a newline that is not part of it. */
+    size_t n = strlen(text);
+    while (n &&
+           (text[n - 1] == '\n' || text[n - 1] == '\r' || text[n - 1] == ' '))
+      text[--n] = 0;
+    c->token = text;
+  }
+  c->max_rules = 4096;
+  if (r.max_rules) {
+    if ((rc = parse_uint("OPENSANDBOX_EGRESS_MAX_RULES", r.max_rules, 0,
+                         1000000, &v, err, errlen)))
+      return rc;
+    c->max_rules = (long)v;
+  }
+  c->enforcement = "dns";
+  if (r.mode && strcasecmp(r.mode, "dns") != 0) {
+    /* OpenSandbox falls back to dns on a value it does not know. dns+nft
+     * is a valid value that this version cannot enforce yet: say so. */
+    sg_log_msg(SG_LOG_WARN, "egress.mode_unsupported",
+               "OPENSANDBOX_EGRESS_MODE=\"%s\": only dns is implemented in "
+               "this version; running in dns mode",
+               r.mode);
+  }
+
   c->script_timeout_ms = 100;
   if (r.script_timeout) {
     if ((rc = parse_uint("SANDGATE_SCRIPT_TIMEOUT_MS", r.script_timeout, 1,
@@ -393,4 +452,6 @@ int sg_egress_config_load(sg_egress_config_t *c, int argc, char **argv,
 void sg_egress_config_free(sg_egress_config_t *c) {
   free(c->rules_owned);
   c->rules_owned = NULL;
+  free(c->token);
+  c->token = NULL;
 }

@@ -11,8 +11,10 @@
 
 #include "dns/server.h"
 #include "dns/upstream.h"
+#include "egress/api.h"
 #include "nft/intercept.h"
 #include "script/vm.h"
+#include "util/file.h"
 #include "util/log.h"
 #include "util/sockaddr.h"
 
@@ -27,6 +29,7 @@ typedef struct {
   char *policy_json; /* the current policy document (NULL = deny-all) */
   sg_upstream_t *upstream;
   sg_dns_server_t *server;
+  sg_egress_api_t *api;
   int intercept_installed;
   uv_signal_t sighup, sigterm, sigint;
   uv_fs_event_t watch;
@@ -145,6 +148,47 @@ static void remember_script(egress_t *e) {
     memset(&e->script_seen, 0, sizeof(e->script_seen));
 }
 
+static const char *current_doc(void *ctx) {
+  return ((egress_t *)ctx)->policy_json;
+}
+
+/* A policy write through the API: a new VM with the new document, then the
+ * file, then the swap. Any failure leaves the running VM, the file and the
+ * document as they were. */
+static int apply_doc(void *ctx, const char *doc, char *err, size_t errlen) {
+  egress_t *e = ctx;
+  sg_vm_t *vm;
+  if (build_vm(e, doc, &vm, err, errlen))
+    return -EINVAL;
+  char *copy = strdup(doc);
+  if (!copy) {
+    sg_vm_unref(vm);
+    snprintf(err, errlen, "out of memory");
+    return -ENOMEM;
+  }
+  if (e->cfg.policy_file) {
+    int rc =
+        sg_file_write_atomic(e->cfg.policy_file, doc, strlen(doc), err, errlen);
+    if (rc) {
+      free(copy);
+      sg_vm_unref(vm);
+      return rc == -EINVAL ? -EIO : rc;
+    }
+  }
+  sg_vm_t *old = e->vm;
+  e->vm = vm;
+  sg_vm_unref(old);
+  free(e->policy_json);
+  e->policy_json = copy;
+  malloc_trim(0);
+  sg_logline_t l;
+  sg_log_begin(&l, SG_LOG_INFO, "egress.updated");
+  sg_log_str(&l, "policy", doc);
+  sg_log_bool(&l, "persisted", e->cfg.policy_file != NULL);
+  sg_log_end(&l);
+  return 0;
+}
+
 static void on_debounce(uv_timer_t *t) {
   egress_t *e = t->data;
   if (!script_changed(e))
@@ -180,6 +224,8 @@ static void stop(egress_t *e, const char *why) {
     return;
   e->stopping = 1;
   sg_log_msg(SG_LOG_INFO, "egress.stopping", "%s", why);
+  sg_egress_api_close(e->api);
+  e->api = NULL;
   sg_dns_server_close(e->server);
   e->server = NULL;
   sg_upstream_close(e->upstream);
@@ -358,6 +404,26 @@ int sg_egress_main(int argc, char **argv) {
     e.intercept_installed = 1;
   }
 
+  /* The API comes last: /healthz answering means DNS is being served and
+   * intercepted. */
+  if (e.cfg.api_enabled) {
+    sg_egress_api_opts_t ao = {
+        .current_doc = current_doc,
+        .apply_doc = apply_doc,
+        .ctx = &e,
+        .listen = e.cfg.api_listen,
+        .data_dir = e.cfg.data_dir,
+        .token = e.cfg.token,
+        .enforcement = e.cfg.enforcement,
+        .max_rules = e.cfg.max_rules,
+    };
+    if ((rc = sg_egress_api_start(e.loop, &ao, &e.api, err, sizeof(err)))) {
+      sg_log_msg(SG_LOG_ERROR, "egress.start_failed",
+                 "cannot start the policy API: %s", err);
+      goto fail;
+    }
+  }
+
   uv_signal_init(e.loop, &e.sighup);
   uv_signal_init(e.loop, &e.sigterm);
   uv_signal_init(e.loop, &e.sigint);
@@ -382,7 +448,11 @@ int sg_egress_main(int argc, char **argv) {
     sg_log_int(&l, "upstreams", e.cfg.nupstreams);
     sg_log_str(&l, "script", e.cfg.script);
     sg_log_bool(&l, "intercept", e.cfg.intercept);
-    sg_log_str(&l, "mode", "dns");
+    sg_log_str(&l, "mode", e.cfg.enforcement);
+    if (e.cfg.api_enabled)
+      sg_log_str(
+          &l, "api",
+          sg_sockaddr_str((struct sockaddr *)&e.cfg.api_listen, a, sizeof(a)));
     sg_log_end(&l);
   }
 
@@ -395,6 +465,11 @@ int sg_egress_main(int argc, char **argv) {
 
 fail:
   e.stopping = 1;
+  if (e.intercept_installed) {
+    /* Never leave a redirect to a proxy that is not there. */
+    char nerr[512];
+    sg_nft_intercept_remove(nerr, sizeof(nerr));
+  }
   sg_dns_server_close(e.server);
   sg_upstream_close(e.upstream);
   uv_run(e.loop, UV_RUN_DEFAULT);

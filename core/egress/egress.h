@@ -32,6 +32,11 @@ typedef struct {
   int tcp_max_clients;
   size_t script_mem;
   uint32_t script_timeout_ms;
+  int api_enabled;
+  struct sockaddr_storage api_listen;
+  char *token; /* NULL: the API needs no token */
+  long max_rules;
+  const char *enforcement; /* "dns" (dns+nft is not built yet) */
 } sg_egress_config_t;
 
 /* Fills c from the environment, then from argv (a flag wins over its

@@ -1,0 +1,231 @@
+#include "egress/api.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "http/server.h"
+#include "util/log.h"
+
+#define AUTH_HEADER "OPENSANDBOX-EGRESS-AUTH"
+#define POLICY_METHODS "GET, POST, PUT, PATCH, DELETE"
+
+struct sg_egress_api {
+  sg_egress_api_opts_t o;
+  char *token;
+  size_t token_len;
+  char *enforcement;
+  lua_State *L; /* trusted state; sandgate.policyapi at stack index 1 */
+  sg_http_server_t *http;
+};
+
+/* Compares a presented token with ours in time that depends only on the
+ * length of ours, so the comparison leaks nothing about where they differ. */
+static int token_ok(const sg_egress_api_t *a, const char *got, size_t len) {
+  unsigned char diff = len != a->token_len;
+  for (size_t i = 0; i < a->token_len; i++) {
+    unsigned char g = i < len ? (unsigned char)got[i] : 0;
+    diff |= g ^ (unsigned char)a->token[i];
+  }
+  return diff == 0;
+}
+
+/* Errors are plain text ending with a newline, as Go's http.Error writes
+ * them: OpenSandbox clients compare these bodies. */
+static void respond_text(sg_http_reply_t *r, int status, const char *msg,
+                         const char *extra_headers) {
+  size_t n = strlen(msg);
+  char *body = malloc(n + 2);
+  if (!body) {
+    sg_http_respond(r, 500, "text/plain; charset=utf-8", "out of memory\n", 14,
+                    NULL);
+    return;
+  }
+  memcpy(body, msg, n);
+  body[n] = '\n';
+  sg_http_respond(r, status, "text/plain; charset=utf-8", body, n + 1,
+                  extra_headers);
+  free(body);
+}
+
+/* Calls policyapi.<fn> with the arguments already pushed and answers with
+ * what it returns: status, body, and (for a change) the new document, which
+ * the plane applies before the client hears "ok". */
+static void run_api(sg_egress_api_t *a, sg_http_reply_t *r, const char *fn,
+                    int nargs) {
+  lua_State *L = a->L;
+  if (lua_pcall(L, nargs, 3, 0) != 0) {
+    const char *msg = lua_tostring(L, -1);
+    sg_log_msg(SG_LOG_ERROR, "api.internal_error", "policyapi.%s: %s", fn,
+               msg ? msg : "?");
+    respond_text(r, 500, "internal error", NULL);
+    lua_settop(L, 1);
+    return;
+  }
+  int status = (int)lua_tointeger(L, -3);
+  size_t blen = 0;
+  const char *body = lua_tolstring(L, -2, &blen);
+  const char *doc = lua_tostring(L, -1);
+  if (!body)
+    body = "";
+
+  if (doc) {
+    char err[1024];
+    int rc = a->o.apply_doc(a->o.ctx, doc, err, sizeof(err));
+    if (rc == -EINVAL) {
+      char msg[1100];
+      snprintf(msg, sizeof(msg), "%s%s",
+               strncmp(err, "invalid policy: ", 16) == 0 ? ""
+                                                         : "invalid policy: ",
+               err);
+      sg_log_msg(SG_LOG_WARN, "egress.update_failed", "%s", msg);
+      respond_text(r, 400, msg, NULL);
+      lua_settop(L, 1);
+      return;
+    }
+    if (rc) {
+      sg_log_msg(SG_LOG_ERROR, "egress.update_failed", "%s", err);
+      respond_text(r, 500, err, NULL);
+      lua_settop(L, 1);
+      return;
+    }
+  }
+  if (status == 200)
+    sg_http_respond(r, 200, "application/json", body, blen, NULL);
+  else
+    respond_text(r, status, body, NULL);
+  lua_settop(L, 1);
+}
+
+static int method_is(const sg_http_request_t *req, const char *m) {
+  return strcmp(req->method, m) == 0;
+}
+
+static int path_is(const sg_http_request_t *req, const char *p) {
+  size_t n = strlen(p);
+  return req->path_len == n && memcmp(req->path, p, n) == 0;
+}
+
+static void on_request(void *ctx, const sg_http_request_t *req,
+                       sg_http_reply_t *r) {
+  sg_egress_api_t *a = ctx;
+  lua_State *L = a->L;
+
+  /* Health needs no token: it is what probes ask. The API only starts once
+   * the DNS listeners and the interception are up. */
+  if (path_is(req, "/healthz")) {
+    sg_http_respond(r, 200, "text/plain; charset=utf-8", "ok", 2, NULL);
+    return;
+  }
+  if (a->token_len) {
+    size_t len = 0;
+    const char *got = sg_http_header(req, AUTH_HEADER, &len);
+    if (!got || !token_ok(a, got, len)) {
+      respond_text(r, 401, "unauthorized", NULL);
+      return;
+    }
+  }
+  if (!path_is(req, "/policy")) {
+    respond_text(r, 404, "404 page not found", NULL);
+    return;
+  }
+
+  const char *cur = a->o.current_doc(a->o.ctx);
+  if (method_is(req, "GET")) {
+    lua_getfield(L, 1, "get");
+    lua_pushstring(L, cur ? cur : "");
+    lua_pushstring(L, a->enforcement);
+    run_api(a, r, "get", 2);
+  } else if (method_is(req, "POST") || method_is(req, "PUT")) {
+    lua_getfield(L, 1, "replace");
+    lua_pushlstring(L, req->body ? req->body : "", req->body_len);
+    lua_pushnumber(L, (lua_Number)a->o.max_rules);
+    lua_pushstring(L, a->enforcement);
+    run_api(a, r, "replace", 3);
+  } else if (method_is(req, "PATCH")) {
+    lua_getfield(L, 1, "patch");
+    lua_pushstring(L, cur ? cur : "");
+    lua_pushlstring(L, req->body ? req->body : "", req->body_len);
+    lua_pushnumber(L, (lua_Number)a->o.max_rules);
+    lua_pushstring(L, a->enforcement);
+    run_api(a, r, "patch", 4);
+  } else if (method_is(req, "DELETE")) {
+    lua_getfield(L, 1, "delete");
+    lua_pushstring(L, cur ? cur : "");
+    lua_pushlstring(L, req->body ? req->body : "", req->body_len);
+    lua_pushstring(L, a->enforcement);
+    run_api(a, r, "delete", 3);
+  } else {
+    respond_text(r, 405, "method not allowed", "Allow: " POLICY_METHODS "\r\n");
+  }
+}
+
+static void api_free(sg_egress_api_t *a) {
+  if (a->L)
+    lua_close(a->L);
+  free(a->token);
+  free(a->enforcement);
+  free(a);
+}
+
+int sg_egress_api_start(uv_loop_t *loop, const sg_egress_api_opts_t *o,
+                        sg_egress_api_t **out, char *err, size_t errlen) {
+  sg_egress_api_t *a = calloc(1, sizeof(*a));
+  if (!a)
+    return -ENOMEM;
+  a->o = *o;
+  if (o->token && *o->token) {
+    a->token = strdup(o->token);
+    a->token_len = strlen(o->token);
+  }
+  a->enforcement = strdup(o->enforcement ? o->enforcement : "dns");
+
+  /* The API's own Lua state: trusted code only (no user script runs here),
+   * so it gets the plain standard library. */
+  lua_State *L = a->L = luaL_newstate();
+  if (!L) {
+    api_free(a);
+    snprintf(err, errlen, "cannot create the API's Lua state");
+    return -ENOMEM;
+  }
+  luaL_openlibs(L);
+  lua_getglobal(L, "package");
+  lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua", o->data_dir,
+                  o->data_dir);
+  lua_setfield(L, -2, "path");
+  lua_pop(L, 1);
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "sandgate.policyapi");
+  if (lua_pcall(L, 1, 1, 0) != 0) {
+    snprintf(err, errlen, "cannot load sandgate.policyapi: %s",
+             lua_tostring(L, -1));
+    api_free(a);
+    return -EINVAL;
+  }
+
+  sg_http_server_opts_t ho = {
+      .listen = o->listen,
+      .max_body = 1u << 20,
+      .handler = on_request,
+      .ctx = a,
+  };
+  int rc = sg_http_server_start(loop, &ho, &a->http, err, errlen);
+  if (rc) {
+    api_free(a);
+    return rc;
+  }
+  *out = a;
+  return 0;
+}
+
+void sg_egress_api_close(sg_egress_api_t *a) {
+  if (!a)
+    return;
+  sg_http_server_close(a->http);
+  api_free(a);
+}
