@@ -7,9 +7,10 @@
 #   "sandbox"  namespace: `sandgate egress` intercepting port 53, and an app
 #
 # 1. an allowed name resolves, 2. a denied name gets NXDOMAIN (although the
-# DNS server knows it), 3. the policy script is swapped for an audit-only one
-# while running (hot reload, no restart), 4. a broken script is refused and
-# the running policy stays.
+# DNS server knows it), 3. an operator PATCHes the policy through the API and
+# the name resolves at once, 4. the policy script is swapped for an audit-only
+# one while running (hot reload, no restart), 5. a broken script is refused
+# and the running policy stays.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -83,10 +84,12 @@ bold "Starting the egress plane in the sandbox with an allowlist"
 cp policies/egress/default.lua "$WORK/policy.lua"
 RULES='{"defaultAction":"deny","egress":[{"action":"allow","target":"*.pypi.org"},{"action":"allow","target":"github.com"}]}'
 say "policy: $RULES"
-ip netns exec "$BOX" "$BIN" egress --script "$WORK/policy.lua" --rules "$RULES" 2>"$WORK/egress.log" &
+ip netns exec "$BOX" "$BIN" egress --script "$WORK/policy.lua" --rules "$RULES" \
+  --token demo-token 2>"$WORK/egress.log" &
 PIDS+=($!)
 wait_log '"egress.started"' 1
-say "sandgate egress is up; nftables in the sandbox now redirects port 53 to it:"
+say "sandgate egress is up (policy API on :18080, token demo-token);"
+say "nftables in the sandbox now redirects port 53 to it:"
 in_box nft list table inet sandgate | sed 's/^/      /'
 
 bold "1. Allowed names resolve"
@@ -99,7 +102,21 @@ say "(*.pypi.org allows names below pypi.org, not pypi.org itself)"
 say "the proxy logged each decision with the rule that made it:"
 grep '"dns.query"' "$WORK/egress.log" | sed 's/^.*"name"/      {"name"/' | head -4
 
-bold "3. Hot reload: swap in an audit-only policy script while running"
+bold "3. An operator opens evil.example at runtime through the policy API"
+say "PATCH http://127.0.0.1:18080/policy  [{\"action\":\"allow\",\"target\":\"evil.example\"}]"
+out=$(in_box curl -s -X PATCH -H "OPENSANDBOX-EGRESS-AUTH: demo-token" \
+  -d '[{"action":"allow","target":"evil.example"}]' http://127.0.0.1:18080/policy)
+say "answer: $out"
+ask evil.example
+say "GET /policy now shows:"
+in_box curl -s -H "OPENSANDBOX-EGRESS-AUTH: demo-token" http://127.0.0.1:18080/policy | sed 's/^/      /'
+echo
+in_box curl -s -X DELETE -H "OPENSANDBOX-EGRESS-AUTH: demo-token" \
+  -d '["evil.example"]' http://127.0.0.1:18080/policy >/dev/null
+say "(and DELETE takes the rule away again)"
+ask evil.example
+
+bold "4. Hot reload: swap in an audit-only policy script while running"
 say "examples/egress/audit.lua allows everything and logs what it would deny"
 cp examples/egress/audit.lua "$WORK/policy.lua.new"
 mv "$WORK/policy.lua.new" "$WORK/policy.lua"
@@ -109,7 +126,7 @@ ask evil.example
 wait_log '"policy.audit_would_deny"' 1
 say "log: $(grep '"policy.audit_would_deny"' "$WORK/egress.log" | tail -1 | sed 's/^.*"event"/{"event"/')"
 
-bold "4. A broken script is refused; the running policy stays"
+bold "5. A broken script is refused; the running policy stays"
 printf 'return { decide = function(q)\n  return "allow"\n' >"$WORK/policy.lua.new"
 mv "$WORK/policy.lua.new" "$WORK/policy.lua"
 wait_log '"policy.reload_failed"' 1
