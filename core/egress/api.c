@@ -111,6 +111,39 @@ static int path_is(const sg_http_request_t *req, const char *p) {
   return req->path_len == n && memcmp(req->path, p, n) == 0;
 }
 
+/* GET returns the running script; PUT replaces it (the same rules as a
+ * reload: only a script that loads and passes its checks goes live). */
+static void on_script(sg_egress_api_t *a, const sg_http_request_t *req,
+                      sg_http_reply_t *r) {
+  if (method_is(req, "GET")) {
+    size_t len = 0;
+    const char *src = a->o.current_script(a->o.ctx, &len);
+    sg_http_respond(r, 200, "text/x-lua; charset=utf-8", src ? src : "", len,
+                    NULL);
+  } else if (method_is(req, "PUT")) {
+    if (req->body_len == 0) {
+      respond_text(r, 400, "empty body", NULL);
+      return;
+    }
+    char err[1024];
+    int rc =
+        a->o.apply_script(a->o.ctx, req->body, req->body_len, err, sizeof(err));
+    if (rc == -EINVAL) {
+      char msg[1100];
+      snprintf(msg, sizeof(msg), "invalid script: %s", err);
+      sg_log_msg(SG_LOG_WARN, "policy.script_refused", "%s", msg);
+      respond_text(r, 400, msg, NULL);
+    } else if (rc) {
+      respond_text(r, 500, err, NULL);
+    } else {
+      static const char ok[] = "{\"status\":\"ok\"}\n";
+      sg_http_respond(r, 200, "application/json", ok, sizeof(ok) - 1, NULL);
+    }
+  } else {
+    respond_text(r, 405, "method not allowed", "Allow: GET, PUT\r\n");
+  }
+}
+
 static void on_request(void *ctx, const sg_http_request_t *req,
                        sg_http_reply_t *r) {
   sg_egress_api_t *a = ctx;
@@ -129,6 +162,10 @@ static void on_request(void *ctx, const sg_http_request_t *req,
       respond_text(r, 401, "unauthorized", NULL);
       return;
     }
+  }
+  if (path_is(req, "/policy/script")) {
+    on_script(a, req, r);
+    return;
   }
   if (!path_is(req, "/policy")) {
     respond_text(r, 404, "404 page not found", NULL);

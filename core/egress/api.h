@@ -21,6 +21,13 @@ typedef struct {
    * another negative errno when it could not be persisted (err says why).
    * On any failure nothing changed. */
   int (*apply_doc)(void *ctx, const char *doc, char *err, size_t errlen);
+  /* The running policy script's source. */
+  const char *(*current_script)(void *ctx, size_t *len);
+  /* Replaces the script: -EINVAL when it does not load or pass its checks
+   * with the current document (err has the Lua error with its line), another
+   * negative errno when it could not be persisted. Nothing changes then. */
+  int (*apply_script)(void *ctx, const char *src, size_t len, char *err,
+                      size_t errlen);
   void *ctx;
   struct sockaddr_storage listen;
   const char *data_dir;    /* where lua/ is */

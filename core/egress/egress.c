@@ -34,6 +34,12 @@ typedef struct {
   uv_signal_t sighup, sigterm, sigint;
   uv_fs_event_t watch;
   uv_timer_t debounce;
+  /* The running script: its source, and the file it came from (NULL for an
+   * upload that could not be persisted: SIGHUP rebuilds from the source). */
+  char *script_src;
+  size_t script_len;
+  char *script_path;
+  char *script_store; /* where uploads are persisted (next to the policy) */
   char script_dir[4096];
   struct stat script_seen; /* the file the running VM was built from */
   uint64_t script_errors;
@@ -82,12 +88,15 @@ static int decide(void *ctx, const sg_dns_request_t *r) {
   return v.allow ? SG_DNS_FORWARD : v.rcode;
 }
 
-/* Builds a VM for the configured script and the given document. */
-static int build_vm(egress_t *e, const char *policy_json, sg_vm_t **out,
-                    char *err, size_t errlen) {
+/* Builds a VM from a script source and a document. */
+static int build_vm_from(egress_t *e, const char *src, size_t len,
+                         const char *name, const char *policy_json,
+                         sg_vm_t **out, char *err, size_t errlen) {
   sg_vm_opts_t o = {
       .data_dir = e->cfg.data_dir,
-      .script_path = e->cfg.script,
+      .script_path = name,
+      .script_src = src,
+      .script_len = len,
       .policy_json = policy_json,
       .policy_len = policy_json ? strlen(policy_json) : 0,
       .mem_limit = e->cfg.script_mem,
@@ -96,32 +105,63 @@ static int build_vm(egress_t *e, const char *policy_json, sg_vm_t **out,
   return sg_vm_new_egress(&o, out, err, errlen);
 }
 
-/* Reloads the script with the current document. The new VM replaces the
- * old one only when it loaded completely; otherwise nothing changes. */
+/* Builds a VM from the running script's source and the given document:
+ * a policy write never picks up an unrelated edit of the script file. */
+static int build_vm(egress_t *e, const char *policy_json, sg_vm_t **out,
+                    char *err, size_t errlen) {
+  return build_vm_from(e, e->script_src, e->script_len,
+                       e->script_path ? e->script_path : "uploaded-script.lua",
+                       policy_json, out, err, errlen);
+}
+
+/* Makes vm the running VM (built from src, now owned by e). */
+static void swap_in(egress_t *e, sg_vm_t *vm, char *src, size_t len) {
+  sg_vm_t *old = e->vm;
+  e->vm = vm;
+  sg_vm_unref(old);
+  if (src != e->script_src) {
+    free(e->script_src);
+    e->script_src = src;
+    e->script_len = len;
+  }
+  /* Hand the old VM's pages back: a sidecar in every pod must stay small. */
+  malloc_trim(0);
+}
+
+/* Reloads the script with the current document: the file again when the
+ * script has one, else the uploaded source. The new VM replaces the old one
+ * only when it loaded completely; otherwise nothing changes. */
 static void reload(egress_t *e, const char *trigger) {
   char err[1024];
   sg_vm_t *vm;
-  if (build_vm(e, e->policy_json, &vm, err, sizeof(err))) {
+  char *src = e->script_src;
+  size_t len = e->script_len;
+  const char *name = e->script_path ? e->script_path : "uploaded-script.lua";
+  int rc = 0;
+  if (e->script_path)
+    rc = sg_file_read(e->script_path, &src, &len, err, sizeof(err));
+  if (!rc)
+    rc =
+        build_vm_from(e, src, len, name, e->policy_json, &vm, err, sizeof(err));
+  if (rc) {
+    if (src != e->script_src)
+      free(src);
     e->reload_failures++;
     sg_logline_t l;
     sg_log_begin(&l, SG_LOG_ERROR, "policy.reload_failed");
     sg_log_str(&l, "trigger", trigger);
-    sg_log_str(&l, "script", e->cfg.script);
+    sg_log_str(&l, "script", name);
     sg_log_str(&l, "error", err);
     sg_log_str(&l, "kept", "previous script");
     sg_log_end(&l);
     return;
   }
-  sg_vm_t *old = e->vm;
-  e->vm = vm;
-  sg_vm_unref(old);
-  /* Hand the old VM's pages back: a sidecar in every pod must stay small. */
-  malloc_trim(0);
+  swap_in(e, vm, src, len);
   e->reloads++;
   sg_logline_t l;
   sg_log_begin(&l, SG_LOG_INFO, "policy.reloaded");
   sg_log_str(&l, "trigger", trigger);
-  sg_log_str(&l, "script", e->cfg.script);
+  sg_log_str(&l, "script", name);
   sg_log_int(&l, "vm_bytes", (long long)sg_vm_mem_used(vm));
   sg_log_end(&l);
 }
@@ -135,7 +175,7 @@ static int script_changed(egress_t *e) {
   struct stat st;
   /* A missing file is a state of its own (all zero): its disappearance is
    * reported once, by a reload that fails and keeps the running VM. */
-  if (stat(e->cfg.script, &st) != 0)
+  if (!e->script_path || stat(e->script_path, &st) != 0)
     memset(&st, 0, sizeof(st));
   const struct stat *o = &e->script_seen;
   return st.st_ino != o->st_ino || st.st_dev != o->st_dev ||
@@ -144,7 +184,7 @@ static int script_changed(egress_t *e) {
 }
 
 static void remember_script(egress_t *e) {
-  if (stat(e->cfg.script, &e->script_seen) != 0)
+  if (!e->script_path || stat(e->script_path, &e->script_seen) != 0)
     memset(&e->script_seen, 0, sizeof(e->script_seen));
 }
 
@@ -175,12 +215,9 @@ static int apply_doc(void *ctx, const char *doc, char *err, size_t errlen) {
       return rc == -EINVAL ? -EIO : rc;
     }
   }
-  sg_vm_t *old = e->vm;
-  e->vm = vm;
-  sg_vm_unref(old);
   free(e->policy_json);
   e->policy_json = copy;
-  malloc_trim(0);
+  swap_in(e, vm, e->script_src, e->script_len);
   sg_logline_t l;
   sg_log_begin(&l, SG_LOG_INFO, "egress.updated");
   sg_log_str(&l, "policy", doc);
@@ -321,20 +358,23 @@ static int load_initial_policy(egress_t *e) {
   }
   if (build_vm(e, NULL, &e->vm, err, sizeof(err))) {
     sg_log_msg(SG_LOG_ERROR, "egress.start_failed",
-               "cannot load policy script %s: %s", e->cfg.script, err);
+               "cannot load policy script %s: %s", e->script_path, err);
     return -EINVAL;
   }
   sg_log_msg(SG_LOG_INFO, "policy.loaded", "no policy given: deny-all");
   return 0;
 }
 
+/* Watches the directory of the running script's file (if it has one). */
 static void start_watch(egress_t *e) {
   char tmp[4096];
+  if (uv_is_active((uv_handle_t *)&e->watch))
+    uv_fs_event_stop(&e->watch);
   remember_script(e);
-  snprintf(tmp, sizeof(tmp), "%s", e->cfg.script);
+  if (!e->script_path)
+    return;
+  snprintf(tmp, sizeof(tmp), "%s", e->script_path);
   snprintf(e->script_dir, sizeof(e->script_dir), "%s", dirname(tmp));
-  uv_fs_event_init(e->loop, &e->watch);
-  e->watch.data = e;
   /* The directory, not the file: editors and `mv` replace the file, which
    * would leave a watch on the old inode. */
   int rc = uv_fs_event_start(&e->watch, on_script_event, e->script_dir, 0);
@@ -342,6 +382,66 @@ static void start_watch(egress_t *e) {
     sg_log_msg(SG_LOG_WARN, "policy.watch_failed",
                "not watching %s for changes: %s (SIGHUP still reloads)",
                e->script_dir, uv_strerror(rc));
+}
+
+/* Where an uploaded script is kept: next to the policy file, named after
+ * it ("policy.json" -> "policy.script.lua"). NULL without a policy file. */
+static char *script_store_path(const char *policy_file) {
+  if (!policy_file)
+    return NULL;
+  size_t n = strlen(policy_file);
+  if (n > 5 && strcmp(policy_file + n - 5, ".json") == 0)
+    n -= 5;
+  char *p = malloc(n + sizeof(".script.lua"));
+  if (p) {
+    memcpy(p, policy_file, n);
+    memcpy(p + n, ".script.lua", sizeof(".script.lua"));
+  }
+  return p;
+}
+
+static const char *current_script(void *ctx, size_t *len) {
+  egress_t *e = ctx;
+  *len = e->script_len;
+  return e->script_src;
+}
+
+/* PUT /policy/script: the upload runs in a new VM with the current
+ * document and is swapped in only when it loaded and passed its checks;
+ * it is persisted first, so a restart brings it back. */
+static int apply_script(void *ctx, const char *src, size_t len, char *err,
+                        size_t errlen) {
+  egress_t *e = ctx;
+  sg_vm_t *vm;
+  const char *name = e->script_store ? e->script_store : "uploaded-script.lua";
+  if (build_vm_from(e, src, len, name, e->policy_json, &vm, err, errlen))
+    return -EINVAL;
+  char *copy = malloc(len + 1);
+  if (!copy) {
+    sg_vm_unref(vm);
+    snprintf(err, errlen, "out of memory");
+    return -ENOMEM;
+  }
+  memcpy(copy, src, len);
+  copy[len] = 0;
+  if (e->script_store) {
+    int rc = sg_file_write_atomic(e->script_store, src, len, err, errlen);
+    if (rc) {
+      free(copy);
+      sg_vm_unref(vm);
+      return rc == -EINVAL ? -EIO : rc;
+    }
+  }
+  swap_in(e, vm, copy, len);
+  free(e->script_path);
+  e->script_path = e->script_store ? strdup(e->script_store) : NULL;
+  start_watch(e);
+  sg_logline_t l;
+  sg_log_begin(&l, SG_LOG_INFO, "policy.script_uploaded");
+  sg_log_int(&l, "bytes", (long long)len);
+  sg_log_str(&l, "persisted", e->script_store);
+  sg_log_end(&l);
+  return 0;
 }
 
 int sg_egress_main(int argc, char **argv) {
@@ -359,7 +459,30 @@ int sg_egress_main(int argc, char **argv) {
   sg_log_set_level((sg_log_level_t)e.cfg.log_level);
   e.loop = uv_default_loop();
 
+  /* The script: an upload persisted by an earlier run wins over the
+   * configured file, so a restart keeps what an operator uploaded. */
+  e.script_store = script_store_path(e.cfg.policy_file);
+  struct stat st;
+  if (e.script_store && stat(e.script_store, &st) == 0) {
+    e.script_path = strdup(e.script_store);
+    sg_log_msg(SG_LOG_INFO, "policy.script_restored",
+               "using the uploaded script persisted at %s", e.script_store);
+  } else {
+    e.script_path = strdup(e.cfg.script);
+  }
+  if (sg_file_read(e.script_path, &e.script_src, &e.script_len, err,
+                   sizeof(err))) {
+    sg_log_msg(SG_LOG_ERROR, "egress.start_failed", "%s", err);
+    fprintf(stderr, "sandgate egress: %s\n", err);
+    free(e.script_path);
+    free(e.script_store);
+    sg_egress_config_free(&e.cfg);
+    return 1;
+  }
   if (load_initial_policy(&e)) {
+    free(e.script_src);
+    free(e.script_path);
+    free(e.script_store);
     sg_egress_config_free(&e.cfg);
     return 1;
   }
@@ -410,6 +533,8 @@ int sg_egress_main(int argc, char **argv) {
     sg_egress_api_opts_t ao = {
         .current_doc = current_doc,
         .apply_doc = apply_doc,
+        .current_script = current_script,
+        .apply_script = apply_script,
         .ctx = &e,
         .listen = e.cfg.api_listen,
         .data_dir = e.cfg.data_dir,
@@ -433,6 +558,8 @@ int sg_egress_main(int argc, char **argv) {
   uv_signal_start(&e.sigint, on_stop_signal, SIGINT);
   uv_timer_init(e.loop, &e.debounce);
   e.debounce.data = &e;
+  uv_fs_event_init(e.loop, &e.watch);
+  e.watch.data = &e;
   start_watch(&e);
 
   {
@@ -446,7 +573,7 @@ int sg_egress_main(int argc, char **argv) {
         &l, "upstream",
         sg_sockaddr_str((struct sockaddr *)&e.cfg.upstreams[0], a, sizeof(a)));
     sg_log_int(&l, "upstreams", e.cfg.nupstreams);
-    sg_log_str(&l, "script", e.cfg.script);
+    sg_log_str(&l, "script", e.script_path ? e.script_path : "(uploaded)");
     sg_log_bool(&l, "intercept", e.cfg.intercept);
     sg_log_str(&l, "mode", e.cfg.enforcement);
     if (e.cfg.api_enabled)
@@ -459,6 +586,9 @@ int sg_egress_main(int argc, char **argv) {
   uv_run(e.loop, UV_RUN_DEFAULT);
   sg_vm_unref(e.vm);
   free(e.policy_json);
+  free(e.script_src);
+  free(e.script_path);
+  free(e.script_store);
   sg_egress_config_free(&e.cfg);
   uv_loop_close(e.loop);
   return 0;
@@ -475,6 +605,9 @@ fail:
   uv_run(e.loop, UV_RUN_DEFAULT);
   sg_vm_unref(e.vm);
   free(e.policy_json);
+  free(e.script_src);
+  free(e.script_path);
+  free(e.script_store);
   sg_egress_config_free(&e.cfg);
   return 1;
 }

@@ -121,6 +121,46 @@ check_eq "4097 rules: 413 with the limit message" \
   "413 egress rule total count 4097 exceeds limit 4096" "$API_STATUS $API_BODY"
 check_eq "the refused limit left DNS as it was" NOERROR "$(rcode a.wild.example)"
 
+# ---- the policy script through the API ---------------------------------------
+
+api GET /policy/script "" "${auth[@]}"
+check_eq "GET /policy/script: 200" 200 "$API_STATUS"
+check_contains "GET /policy/script returns the running script" 'require "sandgate.rules"' "$API_BODY"
+api GET /policy/script ""
+check_eq "GET /policy/script without the token: 401" 401 "$API_STATUS"
+printf 'return { decide = function(q)\n  return "allow"\n' >"$TMP/broken.lua"
+api PUT /policy/script "$TMP/broken.lua" "${auth[@]}"
+check_eq "PUT a script with a syntax error: 400" 400 "$API_STATUS"
+check_contains "the error names the line" 'policy.script.lua:3:' "$API_BODY"
+check_contains "the error starts with invalid script:" 'invalid script: ' "$API_BODY"
+check_eq "the refused script left DNS as it was" NOERROR "$(rcode a.wild.example)"
+check_eq "no script file was persisted for the refused upload" 0 \
+  "$(find "$TMP/state" -name 'policy.script.lua' | wc -l)"
+cat >"$TMP/blocker.lua" <<'EOF'
+-- Uploaded through the API: the default semantics, and names containing
+-- "blocked" are always denied.
+local rules = require "sandgate.rules"
+local M, policy = {}, rules.compile(nil)
+local BLOCK = { action = "deny", rule = "uploaded: blocked" }
+function M.load(doc) policy = rules.compile(doc) end
+function M.decide(q)
+  if q.name:find("blocked", 1, true) then return BLOCK end
+  return policy:match(q.name)
+end
+return M
+EOF
+api PUT /policy/script "$TMP/blocker.lua" "${auth[@]}"
+check_eq "PUT a working script: 200" '200 {"status":"ok"}' "$API_STATUS $API_BODY"
+check_eq "the uploaded script decides at once: blocked.wild.example is denied" NXDOMAIN "$(rcode blocked.wild.example)"
+check_eq "... with the current document: x.wild.example resolves" NOERROR "$(rcode x.wild.example)"
+check_eq "the upload is persisted next to the policy file" "$(cat "$TMP/blocker.lua")" \
+  "$(cat "$TMP/state/policy.script.lua" 2>/dev/null)"
+api GET /policy/script "" "${auth[@]}"
+check_contains "GET /policy/script returns the upload" 'uploaded: blocked' "$API_BODY"
+api POST /policy/script "$TMP/blocker.lua" "${auth[@]}"
+check_eq "POST /policy/script: 405" 405 "$API_STATUS"
+check_contains "405 lists GET, PUT" "Allow: GET, PUT" "$API_HDRS"
+
 # ---- replace, reset ----------------------------------------------------------
 
 api PUT /policy "$(body '{"defaultAction":"allow"}')" "${auth[@]}"
@@ -145,6 +185,9 @@ sg_start api2 --policy-file "$POLICY_FILE" --token "$TOKEN" \
   --rules '{"defaultAction":"allow"}'
 check_eq "after a restart the persisted policy applies: b.example resolves" NOERROR "$(rcode b.example)"
 check_eq "after a restart the persisted policy applies: a.example is denied" NXDOMAIN "$(rcode a.example)"
+api GET /policy/script "" "${auth[@]}"
+check_contains "after a restart the uploaded script is back" 'uploaded: blocked' "$API_BODY"
+check_eq "the restart logged policy.script_restored" 1 "$(log_count "$SG_LOG" event=policy.script_restored)"
 
 # kill -9 in the middle of a stream of PATCHes: the file must parse and be one
 # of the states that were written.

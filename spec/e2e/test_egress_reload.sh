@@ -106,8 +106,8 @@ done
 before=$(failures)
 rm -f "$SCRIPT"
 wait_until 5 failures_more "$before"
-check_eq "script deleted: policy.reload_failed (cannot open it)" 1 \
-  "$(log_count <(grep '"event":"policy.reload_failed"' "$SG_LOG" | tail -n1) trigger=file-change 'error~=cannot open script')"
+check_eq "script deleted: policy.reload_failed (No such file or directory)" 1 \
+  "$(log_count <(grep '"event":"policy.reload_failed"' "$SG_LOG" | tail -n1) trigger=file-change 'error~=No such file or directory')"
 expect_names "script deleted: the previous script still decides" z.example x.example y.example
 
 # ---- SIGHUP ------------------------------------------------------------------
