@@ -35,7 +35,11 @@ typedef struct chan {
   poller_t *pollers;
 } chan_t;
 
+const double sg_upstream_bucket_le[SG_UPSTREAM_BUCKETS] = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5};
+
 struct sg_upstream {
+  sg_upstream_stats_t stats;
   uv_loop_t *loop;
   chan_t chans[SG_UPSTREAM_MAX];
   int n;
@@ -49,6 +53,7 @@ typedef struct {
   int server;
   sg_upstream_cb cb;
   void *arg;
+  uint64_t started_ns;
   char error[160];
   size_t len;
   uint8_t pkt[];
@@ -136,6 +141,22 @@ static void on_tick(uv_timer_t *t) {
 
 static void send_to_server(query_t *q);
 
+static void record_answer(sg_upstream_t *up, const query_t *q) {
+  double s = (double)(uv_hrtime() - q->started_ns) / 1e9;
+  int i = 0;
+  while (i < SG_UPSTREAM_BUCKETS - 1 && s > sg_upstream_bucket_le[i])
+    i++;
+  /* Slower than the last bound: counted only in +Inf (answered). */
+  if (s <= sg_upstream_bucket_le[i])
+    up->stats.bucket[i]++;
+  up->stats.answered++;
+  up->stats.sum_seconds += s;
+}
+
+const sg_upstream_stats_t *sg_upstream_stats(const sg_upstream_t *up) {
+  return &up->stats;
+}
+
 static void on_answer(void *arg, int status, int timeouts, unsigned char *abuf,
                       int alen) {
   (void)timeouts;
@@ -147,6 +168,7 @@ static void on_answer(void *arg, int status, int timeouts, unsigned char *abuf,
   if (status == ARES_SUCCESS && abuf) {
     int rcode = sg_dns_rcode(abuf, (size_t)alen);
     if (rcode == SG_DNS_RCODE_NOERROR || rcode == SG_DNS_RCODE_NXDOMAIN) {
+      record_answer(up, q);
       q->cb(q->arg, abuf, (size_t)alen, NULL);
       free(q);
       return;
@@ -159,9 +181,12 @@ static void on_answer(void *arg, int status, int timeouts, unsigned char *abuf,
   }
   if (!up->closing && status != ARES_EDESTRUCTION && q->server + 1 < up->n) {
     q->server++;
+    up->stats.failovers++;
     send_to_server(q);
     return;
   }
+  if (!up->closing)
+    up->stats.failed++;
   q->cb(q->arg, NULL, 0, q->error);
   free(q);
 }
@@ -188,6 +213,7 @@ int sg_upstream_query(sg_upstream_t *up, const uint8_t *pkt, size_t len,
   q->cb = cb;
   q->arg = arg;
   q->error[0] = 0;
+  q->started_ns = uv_hrtime();
   q->len = len;
   memcpy(q->pkt, pkt, len);
   send_to_server(q);

@@ -33,6 +33,21 @@ typedef struct {
 typedef void (*sg_upstream_cb)(void *arg, const uint8_t *answer, size_t len,
                                const char *error);
 
+/* Upper bounds (seconds) of the exchange-latency histogram buckets. */
+#define SG_UPSTREAM_BUCKETS 12
+extern const double sg_upstream_bucket_le[SG_UPSTREAM_BUCKETS];
+
+typedef struct {
+  uint64_t answered;  /* queries that got a NOERROR/NXDOMAIN answer */
+  uint64_t failed;    /* queries every upstream failed (SERVFAIL given) */
+  uint64_t failovers; /* moves to the next upstream */
+  /* Time from the first send to the answer, answered queries only. */
+  uint64_t bucket[SG_UPSTREAM_BUCKETS]; /* non-cumulative counts */
+  double sum_seconds;
+} sg_upstream_stats_t;
+
+const sg_upstream_stats_t *sg_upstream_stats(const sg_upstream_t *up);
+
 int sg_upstream_new(uv_loop_t *loop, const sg_upstream_opts_t *opts,
                     sg_upstream_t **out, char *err, size_t errlen);
 

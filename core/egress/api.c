@@ -21,6 +21,7 @@ struct sg_egress_api {
   size_t token_len;
   char *enforcement;
   lua_State *L; /* trusted state; sandgate.policyapi at stack index 1 */
+  uint64_t writes_ok, writes_failed;
   sg_http_server_t *http;
 };
 
@@ -83,17 +84,25 @@ static void run_api(sg_egress_api_t *a, sg_http_reply_t *r, const char *fn,
                strncmp(err, "invalid policy: ", 16) == 0 ? ""
                                                          : "invalid policy: ",
                err);
+      a->writes_failed++;
       sg_log_msg(SG_LOG_WARN, "egress.update_failed", "%s", msg);
       respond_text(r, 400, msg, NULL);
       lua_settop(L, 1);
       return;
     }
     if (rc) {
+      a->writes_failed++;
       sg_log_msg(SG_LOG_ERROR, "egress.update_failed", "%s", err);
       respond_text(r, 500, err, NULL);
       lua_settop(L, 1);
       return;
     }
+  }
+  if (strcmp(fn, "get") != 0) {
+    if (status == 200)
+      a->writes_ok++;
+    else
+      a->writes_failed++;
   }
   if (status == 200)
     sg_http_respond(r, 200, "application/json", body, blen, NULL);
@@ -144,6 +153,41 @@ static void on_script(sg_egress_api_t *a, const sg_http_request_t *req,
   }
 }
 
+/* GET /metrics: the plane's counters, then the API's own. */
+static void on_metrics(sg_egress_api_t *a, sg_http_reply_t *r) {
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  if (!f) {
+    respond_text(r, 500, "out of memory", NULL);
+    return;
+  }
+  a->o.write_metrics(a->o.ctx, f);
+  lua_State *L = a->L;
+  lua_getfield(L, 1, "count");
+  const char *cur = a->o.current_doc(a->o.ctx);
+  lua_pushstring(L, cur ? cur : "");
+  long rules = 0;
+  if (lua_pcall(L, 1, 1, 0) == 0)
+    rules = (long)lua_tointeger(L, -1);
+  lua_settop(L, 1);
+  fprintf(f,
+          "# HELP sandgate_policy_rules Rules in the policy document.\n"
+          "# TYPE sandgate_policy_rules gauge\n"
+          "sandgate_policy_rules %ld\n"
+          "# HELP sandgate_policy_updates_total Policy writes through the "
+          "API, by result.\n"
+          "# TYPE sandgate_policy_updates_total counter\n"
+          "sandgate_policy_updates_total{result=\"ok\"} %llu\n"
+          "sandgate_policy_updates_total{result=\"failed\"} %llu\n",
+          rules, (unsigned long long)a->writes_ok,
+          (unsigned long long)a->writes_failed);
+  fclose(f);
+  sg_http_respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len,
+                  NULL);
+  free(text);
+}
+
 static void on_request(void *ctx, const sg_http_request_t *req,
                        sg_http_reply_t *r) {
   sg_egress_api_t *a = ctx;
@@ -153,6 +197,11 @@ static void on_request(void *ctx, const sg_http_request_t *req,
    * the DNS listeners and the interception are up. */
   if (path_is(req, "/healthz")) {
     sg_http_respond(r, 200, "text/plain; charset=utf-8", "ok", 2, NULL);
+    return;
+  }
+  /* Scrapers get the counters without the token: they reveal no policy. */
+  if (path_is(req, "/metrics")) {
+    on_metrics(a, r);
     return;
   }
   if (a->token_len) {

@@ -8,6 +8,7 @@
 #define SG_EGRESS_API_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <sys/socket.h>
 #include <uv.h>
 
@@ -21,6 +22,8 @@ typedef struct {
    * another negative errno when it could not be persisted (err says why).
    * On any failure nothing changed. */
   int (*apply_doc)(void *ctx, const char *doc, char *err, size_t errlen);
+  /* Writes the plane's metrics (Prometheus text) for GET /metrics. */
+  void (*write_metrics)(void *ctx, FILE *f);
   /* The running policy script's source. */
   const char *(*current_script)(void *ctx, size_t *len);
   /* Replaces the script: -EINVAL when it does not load or pass its checks

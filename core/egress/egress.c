@@ -44,8 +44,28 @@ typedef struct {
   struct stat script_seen; /* the file the running VM was built from */
   uint64_t script_errors;
   uint64_t reloads, reload_failures;
+  uint64_t by_qtype[2][16]; /* [allowed][qtype slot] */
   int stopping;
 } egress_t;
+
+/* Query types with a counter of their own in /metrics; the rest share
+ * "other", so a client cannot grow the metrics by asking odd types. */
+static const struct {
+  uint16_t type;
+  const char *name;
+} metric_qtypes[] = {
+    {1, "A"},   {28, "AAAA"}, {5, "CNAME"}, {65, "HTTPS"}, {64, "SVCB"},
+    {15, "MX"}, {16, "TXT"},  {12, "PTR"},  {33, "SRV"},   {2, "NS"},
+    {6, "SOA"}, {255, "ANY"}, {0, "other"},
+};
+#define METRIC_QTYPES (sizeof(metric_qtypes) / sizeof(metric_qtypes[0]))
+
+static unsigned qtype_slot(uint16_t t) {
+  for (unsigned i = 0; i + 1 < METRIC_QTYPES; i++)
+    if (metric_qtypes[i].type == t)
+      return i;
+  return METRIC_QTYPES - 1;
+}
 
 static int decide(void *ctx, const sg_dns_request_t *r) {
   egress_t *e = ctx;
@@ -59,6 +79,7 @@ static int decide(void *ctx, const sg_dns_request_t *r) {
   };
   sg_vm_verdict_t v;
   sg_vm_status_t st = sg_vm_decide(e->vm, &q, &v);
+  e->by_qtype[st == SG_VM_OK && v.allow][qtype_slot(r->query->qtype)]++;
   if (st != SG_VM_OK) {
     /* Fail closed: the verdict is already deny. */
     e->script_errors++;
@@ -186,6 +207,88 @@ static int script_changed(egress_t *e) {
 static void remember_script(egress_t *e) {
   if (!e->script_path || stat(e->script_path, &e->script_seen) != 0)
     memset(&e->script_seen, 0, sizeof(e->script_seen));
+}
+
+/* The plane's part of /metrics, in Prometheus text format. */
+static void write_metrics(void *ctx, FILE *f) {
+  egress_t *e = ctx;
+  fprintf(f, "# HELP sandgate_dns_queries_total DNS queries decided by the "
+             "policy, by verdict and query type.\n"
+             "# TYPE sandgate_dns_queries_total counter\n");
+  for (int allow = 1; allow >= 0; allow--)
+    for (unsigned i = 0; i < METRIC_QTYPES; i++)
+      fprintf(f,
+              "sandgate_dns_queries_total{verdict=\"%s\",qtype=\"%s\"} %llu\n",
+              allow ? "allow" : "deny", metric_qtypes[i].name,
+              (unsigned long long)e->by_qtype[allow][i]);
+  if (e->server) {
+    const sg_dns_stats_t *s = sg_dns_server_stats(e->server);
+    fprintf(f,
+            "# HELP sandgate_dns_malformed_total Packets answered FORMERR or "
+            "NOTIMP without reaching the policy.\n"
+            "# TYPE sandgate_dns_malformed_total counter\n"
+            "sandgate_dns_malformed_total %llu\n"
+            "# HELP sandgate_dns_dropped_total Packets dropped unanswered "
+            "(shorter than a header, or responses).\n"
+            "# TYPE sandgate_dns_dropped_total counter\n"
+            "sandgate_dns_dropped_total %llu\n"
+            "# HELP sandgate_dns_truncated_total Answers too big for the "
+            "client's UDP size, sent with TC set.\n"
+            "# TYPE sandgate_dns_truncated_total counter\n"
+            "sandgate_dns_truncated_total %llu\n"
+            "# HELP sandgate_dns_tcp_refused_total TCP clients closed for "
+            "going over the connection cap.\n"
+            "# TYPE sandgate_dns_tcp_refused_total counter\n"
+            "sandgate_dns_tcp_refused_total %llu\n",
+            (unsigned long long)s->malformed, (unsigned long long)s->dropped,
+            (unsigned long long)s->truncated,
+            (unsigned long long)s->tcp_refused);
+  }
+  if (e->upstream) {
+    const sg_upstream_stats_t *u = sg_upstream_stats(e->upstream);
+    fprintf(f, "# HELP sandgate_dns_upstream_duration_seconds Time from "
+               "forwarding a query to its upstream answer.\n"
+               "# TYPE sandgate_dns_upstream_duration_seconds histogram\n");
+    unsigned long long cum = 0;
+    for (int i = 0; i < SG_UPSTREAM_BUCKETS; i++) {
+      cum += u->bucket[i];
+      fprintf(f,
+              "sandgate_dns_upstream_duration_seconds_bucket{le=\"%g\"} %llu\n",
+              sg_upstream_bucket_le[i], cum);
+    }
+    fprintf(f,
+            "sandgate_dns_upstream_duration_seconds_bucket{le=\"+Inf\"} %llu\n"
+            "sandgate_dns_upstream_duration_seconds_sum %.6f\n"
+            "sandgate_dns_upstream_duration_seconds_count %llu\n"
+            "# HELP sandgate_dns_upstream_failures_total Queries every "
+            "upstream failed (answered SERVFAIL).\n"
+            "# TYPE sandgate_dns_upstream_failures_total counter\n"
+            "sandgate_dns_upstream_failures_total %llu\n"
+            "# HELP sandgate_dns_upstream_failovers_total Moves of a query "
+            "to the next upstream.\n"
+            "# TYPE sandgate_dns_upstream_failovers_total counter\n"
+            "sandgate_dns_upstream_failovers_total %llu\n",
+            (unsigned long long)u->answered, u->sum_seconds,
+            (unsigned long long)u->answered, (unsigned long long)u->failed,
+            (unsigned long long)u->failovers);
+  }
+  fprintf(f,
+          "# HELP sandgate_policy_reloads_total Script reloads (SIGHUP, file "
+          "change), by result.\n"
+          "# TYPE sandgate_policy_reloads_total counter\n"
+          "sandgate_policy_reloads_total{result=\"ok\"} %llu\n"
+          "sandgate_policy_reloads_total{result=\"failed\"} %llu\n"
+          "# HELP sandgate_policy_script_errors_total decide calls that "
+          "failed or ran out of budget (the query was denied).\n"
+          "# TYPE sandgate_policy_script_errors_total counter\n"
+          "sandgate_policy_script_errors_total %llu\n"
+          "# HELP sandgate_policy_vm_bytes Memory held by the running policy "
+          "VM.\n"
+          "# TYPE sandgate_policy_vm_bytes gauge\n"
+          "sandgate_policy_vm_bytes %zu\n",
+          (unsigned long long)e->reloads,
+          (unsigned long long)e->reload_failures,
+          (unsigned long long)e->script_errors, sg_vm_mem_used(e->vm));
 }
 
 static const char *current_doc(void *ctx) {
@@ -462,6 +565,15 @@ int sg_egress_main(int argc, char **argv) {
   /* The script: an upload persisted by an earlier run wins over the
    * configured file, so a restart keeps what an operator uploaded. */
   e.script_store = script_store_path(e.cfg.policy_file);
+  /* A kill -9 in the middle of a write leaves its temporary file; the
+   * policy file itself is whole either way. */
+  if (e.cfg.policy_file) {
+    int n = sg_file_remove_stale_temps(e.cfg.policy_file);
+    n += sg_file_remove_stale_temps(e.script_store);
+    if (n)
+      sg_log_msg(SG_LOG_INFO, "policy.stale_temps_removed",
+                 "removed %d temporary file(s) of an interrupted write", n);
+  }
   struct stat st;
   if (e.script_store && stat(e.script_store, &st) == 0) {
     e.script_path = strdup(e.script_store);
@@ -534,6 +646,7 @@ int sg_egress_main(int argc, char **argv) {
         .current_doc = current_doc,
         .apply_doc = apply_doc,
         .current_script = current_script,
+        .write_metrics = write_metrics,
         .apply_script = apply_script,
         .ctx = &e,
         .listen = e.cfg.api_listen,

@@ -1,5 +1,6 @@
 #include "util/file.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -106,4 +107,30 @@ int sg_file_write_atomic(const char *path, const char *data, size_t len,
     close(dfd);
   }
   return 0;
+}
+
+int sg_file_remove_stale_temps(const char *path) {
+  char dir[4096], base[4096], prefix[4200];
+  snprintf(dir, sizeof(dir), "%s", path);
+  snprintf(base, sizeof(base), "%s", path);
+  snprintf(prefix, sizeof(prefix), "%s.tmp.", basename(base));
+  const char *d = dirname(dir);
+  DIR *dh = opendir(d);
+  if (!dh)
+    return 0;
+  int n = 0;
+  size_t plen = strlen(prefix);
+  struct dirent *de;
+  while ((de = readdir(dh))) {
+    /* Exactly what mkstemp made: the prefix and six more characters. */
+    if (strncmp(de->d_name, prefix, plen) != 0 ||
+        strlen(de->d_name) != plen + 6)
+      continue;
+    char full[8400];
+    snprintf(full, sizeof(full), "%s/%s", d, de->d_name);
+    if (unlink(full) == 0)
+      n++;
+  }
+  closedir(dh);
+  return n;
 }

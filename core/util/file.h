@@ -16,4 +16,8 @@ int sg_file_read(const char *path, char **out, size_t *len, char *err,
 int sg_file_write_atomic(const char *path, const char *data, size_t len,
                          char *err, size_t errlen);
 
+/* Removes the temporary files sg_file_write_atomic leaves behind when the
+ * process is killed mid-write (`<path>.tmp.XXXXXX`). Returns how many. */
+int sg_file_remove_stale_temps(const char *path);
+
 #endif

@@ -395,6 +395,13 @@ function M.mode(doc)
   return mode_of(pol)
 end
 
+-- api.count(doc_text): the number of rules in a document (0 when it is not
+-- a valid one), for the rule-count gauge of /metrics.
+function M.count(doc_text)
+  local pol = parse_doc(doc_text)
+  return pol and pol.egress and #pol.egress or 0
+end
+
 -- api.normalize(doc_text): the canonical text of a document, or nil and the
 -- "invalid policy: ..." message. For documents that did not come through the
 -- API (startup file, persisted state).

@@ -121,6 +121,22 @@ check_eq "4097 rules: 413 with the limit message" \
   "413 egress rule total count 4097 exceeds limit 4096" "$API_STATUS $API_BODY"
 check_eq "the refused limit left DNS as it was" NOERROR "$(rcode a.wild.example)"
 
+# ---- metrics -------------------------------------------------------------------
+
+metric() { grep -E "^$1 " <<<"$API_BODY" | awk '{print $2}'; }
+api GET /metrics ""
+check_eq "GET /metrics needs no token: 200" 200 "$API_STATUS"
+check_contains "GET /metrics is Prometheus text" "text/plain; version=0.0.4" "$API_CT"
+check "denied A queries are counted" test "$(metric 'sandgate_dns_queries_total\{verdict="deny",qtype="A"\}')" -ge 2
+check "allowed A queries are counted" test "$(metric 'sandgate_dns_queries_total\{verdict="allow",qtype="A"\}')" -ge 3
+check "forwarded queries are in the upstream histogram" test "$(metric sandgate_dns_upstream_duration_seconds_count)" -ge 3
+check_eq "the histogram's +Inf bucket equals its count" "$(metric sandgate_dns_upstream_duration_seconds_count)" \
+  "$(metric 'sandgate_dns_upstream_duration_seconds_bucket\{le="\+Inf"\}')"
+check_eq "the rule gauge counts the document's rules" 2 "$(metric sandgate_policy_rules)"
+check "successful writes are counted" test "$(metric 'sandgate_policy_updates_total\{result="ok"\}')" -ge 3
+check "refused writes are counted" test "$(metric 'sandgate_policy_updates_total\{result="failed"\}')" -ge 5
+check_contains "script errors are exported" "sandgate_policy_script_errors_total 0" "$API_BODY"
+
 # ---- the policy script through the API ---------------------------------------
 
 api GET /policy/script "" "${auth[@]}"
@@ -220,10 +236,15 @@ doc = json.load(open(sys.argv[1]))
 count = collections.Counter(r["target"].split("-")[0] for r in doc.get("egress") or [] if r["target"].startswith("p"))
 sys.exit(0 if count and all(n == 20 for n in count.values()) else 1)
 EOF
-check_eq "no temporary file is left next to the policy file" 0 \
-  "$(find "$TMP/state" -name 'policy.json.tmp.*' | wc -l)"
+# What an interrupted write leaves behind (whether or not the kill above hit
+# one), and a file that only looks similar, which must stay.
+: >"$TMP/state/policy.json.tmp.Zz9xYq"
+: >"$TMP/state/policy.json.tmp.notmine.txt"
 sg_start api3 --policy-file "$POLICY_FILE" --token "$TOKEN"
 check "sandgate restarts from the file left by kill -9" proc_running "$SG_PID"
+check_eq "no temporary file of an interrupted write is left after the restart" 0 \
+  "$(find "$TMP/state" -name '*.tmp.??????' | wc -l)"
+check "a file that only looks like a temporary one is left alone" test -e "$TMP/state/policy.json.tmp.notmine.txt"
 api GET /policy "" "${auth[@]}"
 check_contains "the restarted sidecar serves the persisted patches" '"target":"p' "$API_BODY"
 
