@@ -33,6 +33,7 @@ static const char usage[] =
     "  --token TOKEN          OPENSANDBOX_EGRESS_TOKEN (or _TOKEN_FILE): required API header value\n"
     "  --max-rules N          OPENSANDBOX_EGRESS_MAX_RULES: rules a policy may have (4096; 0 = no limit)\n"
     "  --mode MODE            OPENSANDBOX_EGRESS_MODE: dns (dns+nft is not built yet)\n"
+    "  --rules-dir DIR        SANDGATE_RULES_DIR: deny.always, allow.always, log_skip.always (/var/egress/rules)\n"
     "  --no-query-log         SANDGATE_LOG_QUERIES=0: no per-query log lines\n"
     "  --log-level LEVEL      SANDGATE_LOG_LEVEL: debug, info, warn, error (info)\n"
     "  --tcp-idle-timeout S   SANDGATE_DNS_TCP_IDLE_TIMEOUT: idle TCP clients closed after S seconds (10)\n"
@@ -144,6 +145,7 @@ enum {
   OPT_TOKEN,
   OPT_MAX_RULES,
   OPT_MODE,
+  OPT_RULES_DIR,
   OPT_HELP,
 };
 
@@ -166,6 +168,7 @@ static const struct option long_opts[] = {
     {"token", required_argument, NULL, OPT_TOKEN},
     {"max-rules", required_argument, NULL, OPT_MAX_RULES},
     {"mode", required_argument, NULL, OPT_MODE},
+    {"rules-dir", required_argument, NULL, OPT_RULES_DIR},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -175,7 +178,7 @@ typedef struct {
   const char *upstream, *upstream_timeout, *policy_file, *rules, *script;
   const char *listen, *no_intercept, *on_exit, *log_queries, *log_level;
   const char *tcp_idle, *tcp_max, *script_mem, *script_timeout;
-  const char *http_addr, *token, *token_file, *max_rules, *mode;
+  const char *http_addr, *token, *token_file, *max_rules, *mode, *rules_dir;
   char listen_flags[1024];
 } raw_t;
 
@@ -210,6 +213,7 @@ static int collect(raw_t *r, int argc, char **argv, char *err, size_t errlen) {
   r->token_file = env("OPENSANDBOX_EGRESS_TOKEN_FILE");
   r->max_rules = env("OPENSANDBOX_EGRESS_MAX_RULES");
   r->mode = env("OPENSANDBOX_EGRESS_MODE");
+  r->rules_dir = env("SANDGATE_RULES_DIR");
 
   optind = 1;
   opterr = 0;
@@ -245,6 +249,7 @@ static int collect(raw_t *r, int argc, char **argv, char *err, size_t errlen) {
       break;
     case OPT_MAX_RULES: r->max_rules = optarg; break;
     case OPT_MODE: r->mode = optarg; break;
+    case OPT_RULES_DIR: r->rules_dir = optarg; break;
     case 'h':
     case OPT_HELP: fputs(usage, stdout); return 1;
     default:
@@ -429,6 +434,7 @@ int sg_egress_config_load(sg_egress_config_t *c, int argc, char **argv,
       return rc;
     c->max_rules = (long)v;
   }
+  c->rules_dir = r.rules_dir ? r.rules_dir : "/var/egress/rules";
   c->enforcement = "dns";
   if (r.mode && strcasecmp(r.mode, "dns") != 0) {
     /* OpenSandbox falls back to dns on a value it does not know. dns+nft

@@ -42,6 +42,11 @@ typedef struct {
   char *script_store; /* where uploads are persisted (next to the policy) */
   char script_dir[4096];
   struct stat script_seen; /* the file the running VM was built from */
+  /* The always-lists the running VM was built with (NULL: no such file). */
+  char *always_text[3];
+  char always_path[3][4096];
+  uv_fs_event_t always_watch;
+  uv_timer_t always_debounce;
   uint64_t script_errors;
   uint64_t reloads, reload_failures;
   uint64_t by_qtype[2][16]; /* [allowed][qtype slot] */
@@ -93,7 +98,8 @@ static int decide(void *ctx, const sg_dns_request_t *r) {
     sg_log_end(&l);
     return SG_DNS_RCODE_NXDOMAIN;
   }
-  if (e->cfg.log_queries && sg_log_enabled(SG_LOG_INFO)) {
+  if (e->cfg.log_queries && !(v.allow && v.quiet) &&
+      sg_log_enabled(SG_LOG_INFO)) {
     sg_logline_t l;
     sg_log_begin(&l, SG_LOG_INFO, "dns.query");
     sg_log_strn(&l, "name", q.name, q.name_len);
@@ -114,6 +120,8 @@ static int build_vm_from(egress_t *e, const char *src, size_t len,
                          const char *name, const char *policy_json,
                          sg_vm_t **out, char *err, size_t errlen) {
   sg_vm_opts_t o = {
+      .always_text = {e->always_text[0], e->always_text[1], e->always_text[2]},
+      .always_name = {e->always_path[0], e->always_path[1], e->always_path[2]},
       .data_dir = e->cfg.data_dir,
       .script_path = name,
       .script_src = src,
@@ -291,6 +299,81 @@ static void write_metrics(void *ctx, FILE *f) {
           (unsigned long long)e->script_errors, sg_vm_mem_used(e->vm));
 }
 
+/* Reads the three always-lists into texts[] (NULL for a file that does not
+ * exist). Returns 0, or -1 with err naming the file that cannot be read. */
+static int read_always(egress_t *e, char *texts[3], char *err, size_t errlen) {
+  for (int i = 0; i < 3; i++) {
+    texts[i] = NULL;
+    struct stat st;
+    if (stat(e->always_path[i], &st) != 0 && errno == ENOENT)
+      continue;
+    if (sg_file_read(e->always_path[i], &texts[i], NULL, err, errlen)) {
+      for (int j = 0; j < i; j++)
+        free(texts[j]);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* An always-list changed: build a VM with the new lists (and the running
+ * script and document); only a complete build replaces the running one, so
+ * a bad line keeps the previous lists. */
+static void on_always_debounce(uv_timer_t *t) {
+  egress_t *e = t->data;
+  char err[1024];
+  char *texts[3], *old[3];
+  if (read_always(e, texts, err, sizeof(err)) == 0) {
+    int same = 1;
+    for (int i = 0; i < 3; i++)
+      same &= (!texts[i] && !e->always_text[i]) ||
+              (texts[i] && e->always_text[i] &&
+               strcmp(texts[i], e->always_text[i]) == 0);
+    if (same) {
+      for (int i = 0; i < 3; i++)
+        free(texts[i]);
+      return;
+    }
+    memcpy(old, e->always_text, sizeof(old));
+    memcpy(e->always_text, texts, sizeof(texts));
+    sg_vm_t *vm;
+    if (build_vm(e, e->policy_json, &vm, err, sizeof(err)) == 0) {
+      for (int i = 0; i < 3; i++)
+        free(old[i]);
+      swap_in(e, vm, e->script_src, e->script_len);
+      sg_logline_t l;
+      sg_log_begin(&l, SG_LOG_INFO, "egress.always_updated");
+      sg_log_str(&l, "dir", e->cfg.rules_dir);
+      sg_log_bool(&l, "deny_always", texts[0] != NULL);
+      sg_log_bool(&l, "allow_always", texts[1] != NULL);
+      sg_log_bool(&l, "log_skip_always", texts[2] != NULL);
+      sg_log_end(&l);
+      return;
+    }
+    memcpy(e->always_text, old, sizeof(old));
+    for (int i = 0; i < 3; i++)
+      free(texts[i]);
+  }
+  sg_logline_t l;
+  sg_log_begin(&l, SG_LOG_ERROR, "egress.always_failed");
+  sg_log_str(&l, "error", err);
+  sg_log_str(&l, "kept", "previous always rules");
+  sg_log_end(&l);
+}
+
+static void on_always_event(uv_fs_event_t *h, const char *filename, int events,
+                            int status) {
+  (void)events;
+  egress_t *e = h->data;
+  (void)filename;
+  /* Any event: a ConfigMap swaps a `..data` link rather than the files;
+   * the debounced handler compares contents and ignores no-op events. */
+  if (status < 0)
+    return;
+  uv_timer_start(&e->always_debounce, on_always_debounce, RELOAD_DEBOUNCE_MS,
+                 0);
+}
+
 static const char *current_doc(void *ctx) {
   return ((egress_t *)ctx)->policy_json;
 }
@@ -375,6 +458,8 @@ static void stop(egress_t *e, const char *why) {
   close_handle((uv_handle_t *)&e->sigint);
   close_handle((uv_handle_t *)&e->watch);
   close_handle((uv_handle_t *)&e->debounce);
+  close_handle((uv_handle_t *)&e->always_watch);
+  close_handle((uv_handle_t *)&e->always_debounce);
   if (e->intercept_installed) {
     char err[512];
     if (!e->cfg.remove_on_exit) {
@@ -547,6 +632,20 @@ static int apply_script(void *ctx, const char *src, size_t len, char *err,
   return 0;
 }
 
+/* Everything the plane owns outside libuv handles; every exit path ends
+ * here, whatever it got as far as. */
+static void egress_free(egress_t *e) {
+  sg_vm_unref(e->vm);
+  e->vm = NULL;
+  free(e->policy_json);
+  free(e->script_src);
+  free(e->script_path);
+  free(e->script_store);
+  for (int i = 0; i < 3; i++)
+    free(e->always_text[i]);
+  sg_egress_config_free(&e->cfg);
+}
+
 int sg_egress_main(int argc, char **argv) {
   egress_t e;
   memset(&e, 0, sizeof(e));
@@ -557,6 +656,7 @@ int sg_egress_main(int argc, char **argv) {
   if (rc) {
     sg_log_msg(SG_LOG_ERROR, "egress.bad_config", "%s", err);
     fprintf(stderr, "sandgate egress: %s\n", err);
+    sg_egress_config_free(&e.cfg);
     return 2;
   }
   sg_log_set_level((sg_log_level_t)e.cfg.log_level);
@@ -582,20 +682,23 @@ int sg_egress_main(int argc, char **argv) {
   } else {
     e.script_path = strdup(e.cfg.script);
   }
-  if (sg_file_read(e.script_path, &e.script_src, &e.script_len, err,
+  static const char *const always_files[3] = {"deny.always", "allow.always",
+                                              "log_skip.always"};
+  for (int i = 0; i < 3; i++)
+    snprintf(e.always_path[i], sizeof(e.always_path[i]), "%s/%s",
+             e.cfg.rules_dir, always_files[i]);
+  /* A list that cannot be read or parsed stops the start: running without
+   * an operator's deny.always would fail open. */
+  if (read_always(&e, e.always_text, err, sizeof(err)) ||
+      sg_file_read(e.script_path, &e.script_src, &e.script_len, err,
                    sizeof(err))) {
     sg_log_msg(SG_LOG_ERROR, "egress.start_failed", "%s", err);
     fprintf(stderr, "sandgate egress: %s\n", err);
-    free(e.script_path);
-    free(e.script_store);
-    sg_egress_config_free(&e.cfg);
+    egress_free(&e);
     return 1;
   }
   if (load_initial_policy(&e)) {
-    free(e.script_src);
-    free(e.script_path);
-    free(e.script_store);
-    sg_egress_config_free(&e.cfg);
+    egress_free(&e);
     return 1;
   }
   /* Give back what the start-up loads' garbage left in the heap. */
@@ -674,6 +777,21 @@ int sg_egress_main(int argc, char **argv) {
   uv_fs_event_init(e.loop, &e.watch);
   e.watch.data = &e;
   start_watch(&e);
+  uv_timer_init(e.loop, &e.always_debounce);
+  e.always_debounce.data = &e;
+  uv_fs_event_init(e.loop, &e.always_watch);
+  e.always_watch.data = &e;
+  struct stat rst;
+  if (stat(e.cfg.rules_dir, &rst) == 0 && S_ISDIR(rst.st_mode)) {
+    rc =
+        uv_fs_event_start(&e.always_watch, on_always_event, e.cfg.rules_dir, 0);
+    if (rc)
+      sg_log_msg(SG_LOG_WARN, "egress.always_watch_failed",
+                 "not watching %s: %s", e.cfg.rules_dir, uv_strerror(rc));
+  } else {
+    sg_log_msg(SG_LOG_INFO, "egress.no_always_rules",
+               "%s does not exist: no always rules", e.cfg.rules_dir);
+  }
 
   {
     sg_logline_t l;
@@ -697,12 +815,7 @@ int sg_egress_main(int argc, char **argv) {
   }
 
   uv_run(e.loop, UV_RUN_DEFAULT);
-  sg_vm_unref(e.vm);
-  free(e.policy_json);
-  free(e.script_src);
-  free(e.script_path);
-  free(e.script_store);
-  sg_egress_config_free(&e.cfg);
+  egress_free(&e);
   uv_loop_close(e.loop);
   return 0;
 
@@ -716,11 +829,6 @@ fail:
   sg_dns_server_close(e.server);
   sg_upstream_close(e.upstream);
   uv_run(e.loop, UV_RUN_DEFAULT);
-  sg_vm_unref(e.vm);
-  free(e.policy_json);
-  free(e.script_src);
-  free(e.script_path);
-  free(e.script_store);
-  sg_egress_config_free(&e.cfg);
+  egress_free(&e);
   return 1;
 }

@@ -37,6 +37,7 @@ typedef struct {
   char *token; /* NULL: the API needs no token */
   long max_rules;
   const char *enforcement; /* "dns" (dns+nft is not built yet) */
+  const char *rules_dir;   /* deny.always, allow.always, log_skip.always */
 } sg_egress_config_t;
 
 /* Fills c from the environment, then from argv (a flag wins over its

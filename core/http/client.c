@@ -110,8 +110,7 @@ int sg_http_url_parse(const char *url, char *host, size_t hostlen,
   size_t alen = strcspn(a, "/?#");
   const char *rest = a + alen;
   if (memchr(a, '@', alen)) {
-    snprintf(err, errlen, "URL \"%s\": user information is not supported",
-             url);
+    snprintf(err, errlen, "URL \"%s\": user information is not supported", url);
     return -EINVAL;
   }
 
@@ -126,11 +125,11 @@ int sg_http_url_parse(const char *url, char *host, size_t hostlen,
     h = a + 1;
     hlen = (size_t)(close - h);
     after = close + 1;
-    char tmp[INET6_ADDRSTRLEN];
+    char tmp[INET6_ADDRSTRLEN] = "";
     struct in6_addr in6;
-    if (hlen >= sizeof(tmp) ||
-        (memcpy(tmp, h, hlen), tmp[hlen] = '\0',
-         uv_inet_pton(AF_INET6, tmp, &in6) != 0)) {
+    if (hlen < sizeof(tmp))
+      memcpy(tmp, h, hlen);
+    if (hlen >= sizeof(tmp) || uv_inet_pton(AF_INET6, tmp, &in6) != 0) {
       snprintf(err, errlen, "URL \"%s\": invalid IPv6 address", url);
       return -EINVAL;
     }
@@ -141,8 +140,7 @@ int sg_http_url_parse(const char *url, char *host, size_t hostlen,
     after = a + hlen;
     for (size_t i = 0; i < hlen; i++) {
       if (!host_char((unsigned char)h[i])) {
-        snprintf(err, errlen, "URL \"%s\": invalid character in the host",
-                 url);
+        snprintf(err, errlen, "URL \"%s\": invalid character in the host", url);
         return -EINVAL;
       }
     }
@@ -324,9 +322,8 @@ static void on_sock_state(void *data, ares_socket_t fd, int readable,
 static int set_mark(int fd, uint32_t mark) {
   if (mark == 0)
     return 0;
-  return setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) == 0
-             ? 0
-             : -errno;
+  return setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) == 0 ? 0
+                                                                       : -errno;
 }
 
 static int on_sock_config(ares_socket_t fd, int type, void *data) {
@@ -369,8 +366,8 @@ static void on_resolved(void *arg, int status, int timeouts,
     return;
   }
   if (status == ARES_SUCCESS && res) {
-    for (struct ares_addrinfo_node *n = res->nodes;
-         n && r->naddrs < MAX_ADDRS; n = n->ai_next) {
+    for (struct ares_addrinfo_node *n = res->nodes; n && r->naddrs < MAX_ADDRS;
+         n = n->ai_next) {
       if ((n->ai_family != AF_INET && n->ai_family != AF_INET6) ||
           n->ai_addrlen > sizeof(r->addrs[0]))
         continue;
@@ -465,7 +462,8 @@ static void connect_next(req_t *r) {
     finish(r, r->last_err ? r->last_err : UV_ECONNREFUSED);
     return;
   }
-  const struct sockaddr *sa = (const struct sockaddr *)&r->addrs[r->next_addr++];
+  const struct sockaddr *sa =
+      (const struct sockaddr *)&r->addrs[r->next_addr++];
   int rc = uv_tcp_init_ex(cl->loop, &r->tcp, sa->sa_family);
   if (rc) {
     finish(r, rc);
@@ -549,8 +547,8 @@ int sg_http_client_request(sg_http_client_t *cl, const sg_http_client_req_t *q,
     snprintf(port, sizeof(port), ":%u", q->port);
   const char *headers = q->headers ? q->headers : "";
   size_t host_len = strlen(q->host);
-  size_t head_max = strlen(q->method) + strlen(q->path) + host_len +
-                    strlen(headers) + 160;
+  size_t head_max =
+      strlen(q->method) + strlen(q->path) + host_len + strlen(headers) + 160;
   size_t cap = head_max + q->body_len + host_len + 1;
   req_t *r = calloc(1, sizeof(*r) + cap);
   if (!r)
@@ -578,7 +576,8 @@ int sg_http_client_request(sg_http_client_t *cl, const sg_http_client_req_t *q,
   r->cb = cb;
   r->arg = arg;
   r->port = q->port;
-  r->timeout_ms = q->timeout_ms ? q->timeout_ms : SG_HTTP_CLIENT_DEFAULT_TIMEOUT_MS;
+  r->timeout_ms =
+      q->timeout_ms ? q->timeout_ms : SG_HTTP_CLIENT_DEFAULT_TIMEOUT_MS;
   r->state = ST_NEW;
   uv_timer_init(cl->loop, &r->timer);
   r->timer.data = r;
@@ -639,8 +638,7 @@ int sg_http_client_new(uv_loop_t *loop, const sg_http_client_opts_t *opts,
       nd->next = i + 1 < opts->ndns_servers ? &nodes[i + 1] : NULL;
       nd->family = sa->sa_family;
       if (sa->sa_family == AF_INET)
-        memcpy(&nd->addr.addr4, &((const struct sockaddr_in *)sa)->sin_addr,
-               4);
+        memcpy(&nd->addr.addr4, &((const struct sockaddr_in *)sa)->sin_addr, 4);
       else
         memcpy(&nd->addr.addr6, &((const struct sockaddr_in6 *)sa)->sin6_addr,
                16);

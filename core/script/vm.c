@@ -254,7 +254,19 @@ int sg_vm_new_egress(const sg_vm_opts_t *o, sg_vm_t **out, char *err,
     lua_pushlstring(L, o->policy_json, o->policy_len);
   else
     lua_pushnil(L);
-  if (call_bounded(vm, 3, 1, load_budget, err, errlen))
+  static const char *const keys[3] = {"deny", "allow", "log_skip"};
+  lua_createtable(L, 0, 6);
+  for (int i = 0; i < 3; i++) {
+    if (!o->always_text[i])
+      continue;
+    lua_pushstring(L, o->always_text[i]);
+    lua_setfield(L, -2, keys[i]);
+    lua_pushstring(L, o->always_name[i] ? o->always_name[i] : keys[i]);
+    lua_pushfstring(L, "%s_name", keys[i]);
+    lua_insert(L, -2);
+    lua_settable(L, -3);
+  }
+  if (call_bounded(vm, 4, 1, load_budget, err, errlen))
     goto fail;
   lua_replace(L, 1);
   lua_settop(L, 1);
@@ -293,6 +305,7 @@ sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
                             sg_vm_verdict_t *v) {
   lua_State *L = vm->L;
   v->allow = 0;
+  v->quiet = 0;
   v->rcode = 3;
   v->rule[0] = 0;
   v->error[0] = 0;
@@ -305,7 +318,7 @@ sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
   vm->timed_out = 0;
   vm->deadline_ns = uv_hrtime() + (uint64_t)vm->call_budget_ms * 1000000u;
   vm->enforce = 1;
-  int rc = lua_pcall(L, 4, 5, 0);
+  int rc = lua_pcall(L, 4, 6, 0);
   vm->enforce = 0;
   vm->deadline_ns = 0;
 
@@ -329,7 +342,9 @@ sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
       snprintf(v->error, sizeof(v->error), "%s", msg ? msg : "unknown error");
     }
   } else {
-    /* Results: allow, rule, rcode, index, target. */
+    /* Results: allow, rule, rcode, index, target, quiet. */
+    v->quiet = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     v->allow = lua_tointeger(L, -5) == 1;
     if (!v->allow && lua_isnumber(L, -3))
       v->rcode = (int)lua_tointeger(L, -3);

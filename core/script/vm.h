@@ -22,6 +22,10 @@ typedef struct {
   size_t script_len;
   const char *policy_json; /* the policy document; NULL or "" = deny-all */
   size_t policy_len;
+  /* The operator's always-lists (NULL = no such file) and their paths for
+   * error messages: deny.always, allow.always, log_skip.always. */
+  const char *always_text[3];
+  const char *always_name[3];
   size_t mem_limit;        /* bytes the state may hold; 0 = default */
   uint32_t call_budget_ms; /* per hook call; 0 = default */
   uint32_t load_budget_ms; /* script chunk + load() + selftest; 0 = default */
@@ -59,6 +63,7 @@ typedef struct {
 
 typedef struct {
   int allow;       /* 1 allow, 0 deny (also on every error: fail closed) */
+  int quiet;       /* an allowed query the log should skip (log_skip) */
   int rcode;       /* for a deny: the answer's rcode (NXDOMAIN unless the
                       script asked for NOERROR/NODATA, REFUSED or SERVFAIL) */
   char rule[320];  /* the rule reference the script gave, "" if none or

@@ -6,6 +6,7 @@
 -- see it (they cannot require it) and get only the environment built below.
 local cjson = require "cjson.safe"
 local log = require "sandgate.log"
+local always_lists = require "sandgate.always"
 
 local type, tostring, error, pcall, xpcall, select, unpack =
   type, tostring, error, pcall, xpcall, select, unpack
@@ -175,20 +176,31 @@ end
 -- and target: a verdict may name its rule by index + target instead of a
 -- string, and the C side formats "egress[i] action target" only when it
 -- logs, so no string is built per query.
-local function egress_entry(decide)
+--
+-- The operator's always-lists come first (deny.always, then allow.always);
+-- the sixth result tells the C side not to log an allowed query
+-- (log_skip.always).
+local function egress_entry(decide, always)
   local q = { name = "", qtype = "", client = "", transport = "" }
+  local check = always and always.check
+  local quiet = always and always.quiet or function() return false end
   return function(name, qtype, client, transport)
+    if check then
+      local a, ref = check(name)
+      if a == 0 then return 0, ref, 3 end
+      if a == 1 then return 1, ref, nil, nil, nil, quiet(name) end
+    end
     q.name, q.qtype, q.client, q.transport = name, qtype, client, transport
     local v = decide(q)
     local tv = type(v)
     if tv == "table" then
       local a = v.action
-      if a == "allow" then return 1, v.rule, nil, v.index, v.target end
+      if a == "allow" then return 1, v.rule, nil, v.index, v.target, quiet(name) end
       if a == "deny" then return 0, v.rule, deny_rcode(v), v.index, v.target end
       error("decide returned a verdict whose action is " .. describe(a)
         .. ", expected \"allow\" or \"deny\"", 0)
     elseif v == "allow" or v == true then
-      return 1
+      return 1, nil, nil, nil, nil, quiet(name)
     elseif v == "deny" or v == false then
       return 0, nil, 3
     end
@@ -209,7 +221,9 @@ end
 -- Loads an egress policy script with a policy document and returns the
 -- entry point for decide. Raises (a string with file:line where the script
 -- is at fault) on any failure.
-function M.egress(src, chunkname, policy_text)
+function M.egress(src, chunkname, policy_text, always_files)
+  -- The lists first: a bad line refuses the whole build, naming its line.
+  local always = always_lists.build(always_files)
   local hooks = load_script(src, chunkname)
   local decide = check_hook(hooks, "decide", true, chunkname)
   local load_hook = check_hook(hooks, "load", false, chunkname)
@@ -224,7 +238,7 @@ function M.egress(src, chunkname, policy_text)
     local ok, err = pcall(selftest)
     if not ok then error("selftest failed: " .. tostring(err), 0) end
   end
-  return egress_entry(decide), hooks
+  return egress_entry(decide, always), hooks
 end
 
 M.decode_policy = decode_policy
