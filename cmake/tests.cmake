@@ -13,6 +13,7 @@ sg_c_test(test_dns_message)
 sg_c_test(test_nft_intercept)
 sg_c_test(test_vm)
 sg_c_test(test_http_server)
+sg_c_test(test_webhook)
 
 find_program(BUSTED busted)
 find_program(LUAJIT_BIN luajit)

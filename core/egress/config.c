@@ -34,6 +34,8 @@ static const char usage[] =
     "  --max-rules N          OPENSANDBOX_EGRESS_MAX_RULES: rules a policy may have (4096; 0 = no limit)\n"
     "  --mode MODE            OPENSANDBOX_EGRESS_MODE: dns (dns+nft is not built yet)\n"
     "  --rules-dir DIR        SANDGATE_RULES_DIR: deny.always, allow.always, log_skip.always (/var/egress/rules)\n"
+    "  --deny-webhook URL     OPENSANDBOX_EGRESS_DENY_WEBHOOK: http:// URL that gets each denied name\n"
+    "  --sandbox-id ID        OPENSANDBOX_EGRESS_SANDBOX_ID: sandboxId in webhook events\n"
     "  --no-query-log         SANDGATE_LOG_QUERIES=0: no per-query log lines\n"
     "  --log-level LEVEL      SANDGATE_LOG_LEVEL: debug, info, warn, error (info)\n"
     "  --tcp-idle-timeout S   SANDGATE_DNS_TCP_IDLE_TIMEOUT: idle TCP clients closed after S seconds (10)\n"
@@ -146,6 +148,8 @@ enum {
   OPT_MAX_RULES,
   OPT_MODE,
   OPT_RULES_DIR,
+  OPT_DENY_WEBHOOK,
+  OPT_SANDBOX_ID,
   OPT_HELP,
 };
 
@@ -169,6 +173,8 @@ static const struct option long_opts[] = {
     {"max-rules", required_argument, NULL, OPT_MAX_RULES},
     {"mode", required_argument, NULL, OPT_MODE},
     {"rules-dir", required_argument, NULL, OPT_RULES_DIR},
+    {"deny-webhook", required_argument, NULL, OPT_DENY_WEBHOOK},
+    {"sandbox-id", required_argument, NULL, OPT_SANDBOX_ID},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -179,6 +185,7 @@ typedef struct {
   const char *listen, *no_intercept, *on_exit, *log_queries, *log_level;
   const char *tcp_idle, *tcp_max, *script_mem, *script_timeout;
   const char *http_addr, *token, *token_file, *max_rules, *mode, *rules_dir;
+  const char *deny_webhook, *sandbox_id;
   char listen_flags[1024];
 } raw_t;
 
@@ -214,6 +221,8 @@ static int collect(raw_t *r, int argc, char **argv, char *err, size_t errlen) {
   r->max_rules = env("OPENSANDBOX_EGRESS_MAX_RULES");
   r->mode = env("OPENSANDBOX_EGRESS_MODE");
   r->rules_dir = env("SANDGATE_RULES_DIR");
+  r->deny_webhook = env("OPENSANDBOX_EGRESS_DENY_WEBHOOK");
+  r->sandbox_id = env("OPENSANDBOX_EGRESS_SANDBOX_ID");
 
   optind = 1;
   opterr = 0;
@@ -250,6 +259,8 @@ static int collect(raw_t *r, int argc, char **argv, char *err, size_t errlen) {
     case OPT_MAX_RULES: r->max_rules = optarg; break;
     case OPT_MODE: r->mode = optarg; break;
     case OPT_RULES_DIR: r->rules_dir = optarg; break;
+    case OPT_DENY_WEBHOOK: r->deny_webhook = optarg; break;
+    case OPT_SANDBOX_ID: r->sandbox_id = optarg; break;
     case 'h':
     case OPT_HELP: fputs(usage, stdout); return 1;
     default:
@@ -435,6 +446,8 @@ int sg_egress_config_load(sg_egress_config_t *c, int argc, char **argv,
     c->max_rules = (long)v;
   }
   c->rules_dir = r.rules_dir ? r.rules_dir : "/var/egress/rules";
+  c->deny_webhook = r.deny_webhook;
+  c->sandbox_id = r.sandbox_id;
   c->enforcement = "dns";
   if (r.mode && strcasecmp(r.mode, "dns") != 0) {
     /* OpenSandbox falls back to dns on a value it does not know. dns+nft

@@ -12,6 +12,7 @@
 #include "dns/server.h"
 #include "dns/upstream.h"
 #include "egress/api.h"
+#include "egress/webhook.h"
 #include "nft/intercept.h"
 #include "script/vm.h"
 #include "util/file.h"
@@ -30,6 +31,7 @@ typedef struct {
   sg_upstream_t *upstream;
   sg_dns_server_t *server;
   sg_egress_api_t *api;
+  sg_webhook_t *webhook;
   int intercept_installed;
   uv_signal_t sighup, sigterm, sigint;
   uv_fs_event_t watch;
@@ -96,6 +98,7 @@ static int decide(void *ctx, const sg_dns_request_t *r) {
     sg_log_str(&l, "verdict", "deny");
     sg_log_str(&l, "error", v.error);
     sg_log_end(&l);
+    sg_webhook_notify(e->webhook, q.name, q.name_len);
     return SG_DNS_RCODE_NXDOMAIN;
   }
   if (e->cfg.log_queries && !(v.allow && v.quiet) &&
@@ -112,7 +115,10 @@ static int decide(void *ctx, const sg_dns_request_t *r) {
       sg_log_int(&l, "rcode", v.rcode);
     sg_log_end(&l);
   }
-  return v.allow ? SG_DNS_FORWARD : v.rcode;
+  if (v.allow)
+    return SG_DNS_FORWARD;
+  sg_webhook_notify(e->webhook, q.name, q.name_len);
+  return v.rcode;
 }
 
 /* Builds a VM from a script source and a document. */
@@ -279,6 +285,24 @@ static void write_metrics(void *ctx, FILE *f) {
             (unsigned long long)u->answered, u->sum_seconds,
             (unsigned long long)u->answered, (unsigned long long)u->failed,
             (unsigned long long)u->failovers);
+  }
+  if (e->webhook) {
+    const sg_webhook_stats_t *w = sg_webhook_stats(e->webhook);
+    fprintf(f,
+            "# HELP sandgate_webhook_events_total Deny-webhook events, by "
+            "outcome.\n"
+            "# TYPE sandgate_webhook_events_total counter\n"
+            "sandgate_webhook_events_total{outcome=\"sent\"} %llu\n"
+            "sandgate_webhook_events_total{outcome=\"failed\"} %llu\n"
+            "sandgate_webhook_events_total{outcome=\"dropped\"} %llu\n"
+            "sandgate_webhook_events_total{outcome=\"deduplicated\"} %llu\n"
+            "# HELP sandgate_webhook_attempts_total Webhook requests made, "
+            "retries included.\n"
+            "# TYPE sandgate_webhook_attempts_total counter\n"
+            "sandgate_webhook_attempts_total %llu\n",
+            (unsigned long long)w->sent, (unsigned long long)w->failed,
+            (unsigned long long)w->dropped, (unsigned long long)w->deduplicated,
+            (unsigned long long)w->attempts);
   }
   fprintf(f,
           "# HELP sandgate_policy_reloads_total Script reloads (SIGHUP, file "
@@ -449,6 +473,8 @@ static void stop(egress_t *e, const char *why) {
   sg_log_msg(SG_LOG_INFO, "egress.stopping", "%s", why);
   sg_egress_api_close(e->api);
   e->api = NULL;
+  sg_webhook_close(e->webhook);
+  e->webhook = NULL;
   sg_dns_server_close(e->server);
   e->server = NULL;
   sg_upstream_close(e->upstream);
@@ -715,6 +741,22 @@ int sg_egress_main(int argc, char **argv) {
     goto fail;
   }
 
+  if (e.cfg.deny_webhook) {
+    sg_webhook_opts_t wo = {.url = e.cfg.deny_webhook,
+                            .sandbox_id = e.cfg.sandbox_id};
+    /* The webhook's own name lookups go straight to the upstreams with the
+     * bypass mark: through the proxy, the policy could deny the webhook's
+     * host itself. */
+    memcpy(wo.http.dns_servers, e.cfg.upstreams, sizeof(wo.http.dns_servers));
+    wo.http.ndns_servers = e.cfg.nupstreams;
+    wo.http.mark = e.cfg.intercept ? 0x1 : 0;
+    if ((rc = sg_webhook_new(e.loop, &wo, &e.webhook, err, sizeof(err)))) {
+      sg_log_msg(SG_LOG_ERROR, "egress.start_failed",
+                 "OPENSANDBOX_EGRESS_DENY_WEBHOOK: %s", err);
+      goto fail;
+    }
+  }
+
   sg_dns_server_opts_t so = {
       .nlisten = e.cfg.nlisten,
       .tcp_idle_ms = e.cfg.tcp_idle_ms,
@@ -821,6 +863,7 @@ int sg_egress_main(int argc, char **argv) {
 
 fail:
   e.stopping = 1;
+  sg_webhook_close(e.webhook);
   if (e.intercept_installed) {
     /* Never leave a redirect to a proxy that is not there. */
     char nerr[512];

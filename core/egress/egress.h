@@ -38,6 +38,8 @@ typedef struct {
   long max_rules;
   const char *enforcement; /* "dns" (dns+nft is not built yet) */
   const char *rules_dir;   /* deny.always, allow.always, log_skip.always */
+  const char *deny_webhook; /* NULL: no webhook */
+  const char *sandbox_id;
 } sg_egress_config_t;
 
 /* Fills c from the environment, then from argv (a flag wins over its

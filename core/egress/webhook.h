@@ -52,7 +52,7 @@ typedef struct {
 typedef struct {
   uint64_t sent;         /* answered 2xx or 3xx */
   uint64_t failed;       /* 4xx, or no success after every attempt */
-  uint64_t dropped;      /* the queue was full */
+  uint64_t dropped;      /* not queued: the queue was full */
   uint64_t deduplicated; /* the name was reported within the window */
   uint64_t attempts;     /* requests made, retries included */
   uint64_t pending;      /* events not yet settled (a gauge) */

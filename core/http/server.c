@@ -287,7 +287,9 @@ static void reject(conn_t *c, int status, const char *reason) {
   const sg_http_server_opts_t *o = &c->srv->opts;
   char msg[256];
   switch (status) {
-  case 400: snprintf(msg, sizeof(msg), "bad request: %s", reason); break;
+  case 400:
+    snprintf(msg, sizeof(msg), "bad request: %s", reason ? reason : "malformed");
+    break;
   case 408: snprintf(msg, sizeof(msg), "request timeout"); break;
   case 413:
     snprintf(msg, sizeof(msg), "request body exceeds %zu bytes", o->max_body);
