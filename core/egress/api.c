@@ -57,8 +57,22 @@ static void respond_text(sg_http_reply_t *r, int status, const char *msg,
 /* Calls policyapi.<fn> with the arguments already pushed and answers with
  * what it returns: status, body, and (for a change) the new document, which
  * the plane applies before the client hears "ok". */
+/* egress.update_failed, with the request that was refused (the rules
+ * concerned), cut at 2 KiB. */
+static void log_refused(const sg_http_request_t *req, int status,
+                        const char *why) {
+  sg_logline_t l;
+  sg_log_begin(&l, SG_LOG_WARN, "egress.update_failed");
+  sg_log_str(&l, "method", req->method);
+  sg_log_int(&l, "status", status);
+  sg_log_str(&l, "error", why);
+  sg_log_strn(&l, "body", req->body ? req->body : "",
+              req->body_len > 2048 ? 2048 : req->body_len);
+  sg_log_end(&l);
+}
+
 static void run_api(sg_egress_api_t *a, sg_http_reply_t *r, const char *fn,
-                    int nargs) {
+                    int nargs, const sg_http_request_t *req) {
   lua_State *L = a->L;
   if (lua_pcall(L, nargs, 3, 0) != 0) {
     const char *msg = lua_tostring(L, -1);
@@ -85,24 +99,26 @@ static void run_api(sg_egress_api_t *a, sg_http_reply_t *r, const char *fn,
                                                          : "invalid policy: ",
                err);
       a->writes_failed++;
-      sg_log_msg(SG_LOG_WARN, "egress.update_failed", "%s", msg);
+      log_refused(req, 400, msg);
       respond_text(r, 400, msg, NULL);
       lua_settop(L, 1);
       return;
     }
     if (rc) {
       a->writes_failed++;
-      sg_log_msg(SG_LOG_ERROR, "egress.update_failed", "%s", err);
+      log_refused(req, 500, err);
       respond_text(r, 500, err, NULL);
       lua_settop(L, 1);
       return;
     }
   }
   if (strcmp(fn, "get") != 0) {
-    if (status == 200)
+    if (status == 200) {
       a->writes_ok++;
-    else
+    } else {
       a->writes_failed++;
+      log_refused(req, status, body);
+    }
   }
   if (status == 200)
     sg_http_respond(r, 200, "application/json", body, blen, NULL);
@@ -226,26 +242,26 @@ static void on_request(void *ctx, const sg_http_request_t *req,
     lua_getfield(L, 1, "get");
     lua_pushstring(L, cur ? cur : "");
     lua_pushstring(L, a->enforcement);
-    run_api(a, r, "get", 2);
+    run_api(a, r, "get", 2, req);
   } else if (method_is(req, "POST") || method_is(req, "PUT")) {
     lua_getfield(L, 1, "replace");
     lua_pushlstring(L, req->body ? req->body : "", req->body_len);
     lua_pushnumber(L, (lua_Number)a->o.max_rules);
     lua_pushstring(L, a->enforcement);
-    run_api(a, r, "replace", 3);
+    run_api(a, r, "replace", 3, req);
   } else if (method_is(req, "PATCH")) {
     lua_getfield(L, 1, "patch");
     lua_pushstring(L, cur ? cur : "");
     lua_pushlstring(L, req->body ? req->body : "", req->body_len);
     lua_pushnumber(L, (lua_Number)a->o.max_rules);
     lua_pushstring(L, a->enforcement);
-    run_api(a, r, "patch", 4);
+    run_api(a, r, "patch", 4, req);
   } else if (method_is(req, "DELETE")) {
     lua_getfield(L, 1, "delete");
     lua_pushstring(L, cur ? cur : "");
     lua_pushlstring(L, req->body ? req->body : "", req->body_len);
     lua_pushstring(L, a->enforcement);
-    run_api(a, r, "delete", 3);
+    run_api(a, r, "delete", 3, req);
   } else {
     respond_text(r, 405, "method not allowed", "Allow: " POLICY_METHODS "\r\n");
   }

@@ -535,6 +535,16 @@ static int blank(const char *s) {
   return 1;
 }
 
+/* egress.loaded: the document the plane starts with, and where it came
+ * from (OpenSandbox's event, with the rules). */
+static void log_loaded(const egress_t *e, const char *source) {
+  sg_logline_t l;
+  sg_log_begin(&l, SG_LOG_INFO, "egress.loaded");
+  sg_log_str(&l, "source", source);
+  sg_log_str(&l, "policy", e->policy_json ? e->policy_json : "(deny-all)");
+  sg_log_end(&l);
+}
+
 /* The initial policy: the policy file when it holds a valid document, else
  * OPENSANDBOX_EGRESS_RULES (which must be valid), else deny-all. */
 static int load_initial_policy(egress_t *e) {
@@ -546,6 +556,7 @@ static int load_initial_policy(egress_t *e) {
       if (build_vm(e, text, &e->vm, err, sizeof(err)) == 0) {
         e->policy_json = text;
         sg_log_msg(SG_LOG_INFO, "policy.loaded", "from policy file %s", file);
+        log_loaded(e, file);
         return 0;
       }
       sg_log_msg(SG_LOG_WARN, "policy.file_invalid",
@@ -568,6 +579,7 @@ static int load_initial_policy(egress_t *e) {
       e->policy_json = strdup(e->cfg.rules);
     }
     sg_log_msg(SG_LOG_INFO, "policy.loaded", "from OPENSANDBOX_EGRESS_RULES");
+    log_loaded(e, "OPENSANDBOX_EGRESS_RULES");
     return 0;
   }
   if (build_vm(e, NULL, &e->vm, err, sizeof(err))) {
@@ -576,6 +588,7 @@ static int load_initial_policy(egress_t *e) {
     return -EINVAL;
   }
   sg_log_msg(SG_LOG_INFO, "policy.loaded", "no policy given: deny-all");
+  log_loaded(e, "default");
   return 0;
 }
 

@@ -38,6 +38,8 @@ rcode() { dig_sb "$1" A; dig_rcode "$DIG_OUT"; }
 sg_start api --policy-file "$POLICY_FILE" --token "$TOKEN" \
   --rules '{"defaultAction":"deny","egress":[{"action":"allow","target":"allowed.example"}]}'
 check "sandgate egress starts with the API on :18080" proc_running "$SG_PID"
+check_eq "egress.loaded names the source and the rules" 1 \
+  "$(log_count "$SG_LOG" event=egress.loaded source=OPENSANDBOX_EGRESS_RULES 'policy~=allowed.example')"
 
 # ---- health and auth ---------------------------------------------------------
 
@@ -64,6 +66,8 @@ api PATCH /policy "$(body '[{"action":"allow","target":"*.wild.example"}]')" "${
 check_eq "PATCH adding *.wild.example: 200 with mode" \
   '200 {"status":"ok","mode":"enforcing","enforcementMode":"dns"}' "$API_STATUS $API_BODY"
 check_eq "after the PATCH a.wild.example resolves at once" NOERROR "$(rcode a.wild.example)"
+check_eq "egress.updated logs the new rules" 1 \
+  "$(log_count "$SG_LOG" event=egress.updated 'policy~=*.wild.example')"
 check_eq "the earlier rule still holds: allowed.example resolves" NOERROR "$(rcode allowed.example)"
 api PATCH /policy "$(body '[{"action":"deny","target":"api.wild.example"}]')" "${auth[@]}"
 check_eq "a later PATCH denying api.wild.example: 200" 200 "$API_STATUS"
@@ -90,6 +94,8 @@ check_eq "an invalid defaultAction: 400" 400 "$API_STATUS"
 check_contains "the error names the value" 'invalid policy: ' "$API_BODY"
 check_contains "... and the value" 'maybe' "$API_BODY"
 check_eq "the refused write left the file as it was" "$before" "$(cat "$POLICY_FILE")"
+check_eq "egress.update_failed logs the refused rules" 1 \
+  "$(log_count "$SG_LOG" event=egress.update_failed method=POST status=400 'body~=maybe')"
 check_eq "the refused write left DNS as it was" NOERROR "$(rcode a.wild.example)"
 api POST /policy "$(body '{"egress":[{"action":"allow","target":"a b"}]}')" "${auth[@]}"
 check_eq "a target that is no name, IP or CIDR: 400" 400 "$API_STATUS"
