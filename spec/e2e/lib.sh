@@ -323,6 +323,10 @@ sg_stop() {
     kill -KILL "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
   fi
+  # A UDP query that reuses a recent 5-tuple would follow the old NAT
+  # mapping (conntrack keeps it 30 s) to the stopped instance's port: start
+  # the next instance with a clean table, in the sandbox namespace only.
+  in_sb conntrack -F >/dev/null 2>&1 || true
 }
 
 # sg_run_fg SECONDS [VAR=value...] [flags...]: runs `sandgate egress` in the
