@@ -6,6 +6,7 @@
 #include <strings.h>
 
 #include "egress/egress.h"
+#include "util/file.h"
 #include "util/log.h"
 #include "util/sockaddr.h"
 
@@ -94,39 +95,6 @@ static int parse_addr_list(const char *what, const char *list,
   return rc;
 }
 
-static int read_whole_file(const char *path, char **out, char *err,
-                           size_t errlen) {
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    int e = errno;
-    snprintf(err, errlen, "cannot read %s: %s", path, strerror(e));
-    return -e;
-  }
-  size_t cap = 4096, len = 0;
-  char *buf = malloc(cap);
-  size_t n;
-  while (buf && (n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-    len += n;
-    if (cap - len - 1 == 0) {
-      char *nb = realloc(buf, cap * 2);
-      if (!nb) {
-        free(buf);
-        buf = NULL;
-        break;
-      }
-      buf = nb;
-      cap *= 2;
-    }
-  }
-  fclose(f);
-  if (!buf) {
-    snprintf(err, errlen, "cannot read %s: out of memory", path);
-    return -ENOMEM;
-  }
-  buf[len] = 0;
-  *out = buf;
-  return 0;
-}
 
 enum {
   OPT_UPSTREAM = 256,
@@ -346,7 +314,7 @@ int sg_egress_config_load(sg_egress_config_t *c, int argc, char **argv,
   c->policy_file = r.policy_file;
   if (r.rules && r.rules[0] == '@') {
     char *text = NULL;
-    if ((rc = read_whole_file(r.rules + 1, &text, err, errlen)))
+    if ((rc = sg_file_read(r.rules + 1, &text, NULL, err, errlen)))
       return rc;
     c->rules_owned = text;
     c->rules = text;
@@ -429,7 +397,7 @@ int sg_egress_config_load(sg_egress_config_t *c, int argc, char **argv,
     c->token = strdup(r.token);
   } else if (r.token_file) {
     char *text = NULL;
-    if ((rc = read_whole_file(r.token_file, &text, err, errlen)))
+    if ((rc = sg_file_read(r.token_file, &text, NULL, err, errlen)))
       return rc;
     /* A mounted secret usually ends with a newline that is not part of it. */
     size_t n = strlen(text);

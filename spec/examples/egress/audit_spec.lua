@@ -1,30 +1,8 @@
 local log = require "sandgate.log"
 local rules = require "sandgate.rules"
 
--- Loads a policy script roughly the way the host does: in an environment
--- that can only require sandgate.* and cjson, with no io and a reduced os.
-local function load_script(path)
-  local function sandbox_require(name)
-    if name:match("^sandgate%.") or name == "cjson" or name == "cjson.safe" then
-      return require(name)
-    end
-    error("module '" .. name .. "' is not available to policy scripts", 2)
-  end
-  local env = {
-    require = sandbox_require, string = string, table = table, math = math,
-    pairs = pairs, ipairs = ipairs, next = next, type = type, select = select,
-    tostring = tostring, tonumber = tonumber, error = error, assert = assert,
-    pcall = pcall, setmetatable = setmetatable, getmetatable = getmetatable,
-    rawget = rawget, rawset = rawset, unpack = unpack,
-    os = { time = os.time, date = os.date, clock = os.clock },
-  }
-  local chunk = assert(loadfile(path, "t", env))
-  return chunk()
-end
-
-local function query(name, qtype)
-  return { name = name, qtype = qtype or "A", client = "10.0.0.2", transport = "udp" }
-end
+local support = require "support.policy"
+local load_script, query = support.load, support.query
 
 describe("examples/egress/audit.lua", function()
   local policy, lines
