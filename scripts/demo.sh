@@ -19,12 +19,18 @@ if [[ $(id -u) -ne 0 ]]; then
   echo "demo: needs root (network namespaces and nftables)" >&2
   exit 1
 fi
-bash scripts/install-deps.sh
-if [[ ! -x build/sandgate ]] || [[ -n $(find core lua CMakeLists.txt -newer build/sandgate -print -quit) ]]; then
-  cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build build -j"$(nproc)" >/dev/null
+# SANDGATE_BIN: play the demo with an already built binary (the test suite
+# does, for each of its builds); otherwise install and build first.
+if [[ -n ${SANDGATE_BIN:-} ]]; then
+  BIN=$(readlink -f "$SANDGATE_BIN")
+else
+  bash scripts/install-deps.sh
+  if [[ ! -x build/sandgate ]] || [[ -n $(find core lua CMakeLists.txt -newer build/sandgate -print -quit) ]]; then
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+    cmake --build build -j"$(nproc)" >/dev/null
+  fi
+  BIN=$ROOT/build/sandgate
 fi
-BIN=$ROOT/build/sandgate
 
 NET=sgdemo-net-$$
 BOX=sgdemo-box-$$
@@ -35,6 +41,9 @@ cleanup() {
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   ip netns del "$NET" 2>/dev/null || true
   ip netns del "$BOX" 2>/dev/null || true
+  # A sanitizer build reports into the proxy's log: show it before the log
+  # goes (the test suite plays this demo with its ASan build too).
+  grep -h -A30 -E "ERROR: [A-Za-z]+Sanitizer|runtime error:" "$WORK"/*.log >&2 2>/dev/null || true
   rm -rf "/etc/netns/$BOX" "$WORK"
 }
 trap cleanup EXIT
