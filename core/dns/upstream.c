@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dns/ares_uv.h"
 #include "dns/message.h"
 #include "util/common.h"
 #include "util/sockaddr.h"
@@ -18,21 +19,13 @@
 /* Room for a burst of answers on one upstream socket. */
 #define UPSTREAM_RCVBUF (4 << 20)
 
-typedef struct poller {
-  uv_poll_t poll;
-  struct chan *chan;
-  ares_socket_t fd;
-  struct poller *next;
-} poller_t;
-
 typedef struct chan {
   sg_upstream_t *up;
-  ares_channel ch;
+  sg_ares_uv_t io; /* the channel and its sockets on the loop */
   int index;
   char name[SG_ADDRSTR_MAX];
   uv_timer_t tick;
   int pending;
-  poller_t *pollers;
 } chan_t;
 
 const double sg_upstream_bucket_le[SG_UPSTREAM_BUCKETS] = {
@@ -67,58 +60,15 @@ static void maybe_free(sg_upstream_t *up) {
 static void on_handle_closed(uv_handle_t *h) {
   sg_upstream_t *up = h->data;
   up->open_handles--;
-  if (h->type == UV_POLL)
-    free(container_of((uv_poll_t *)h, poller_t, poll));
   maybe_free(up);
 }
 
-static void on_poll(uv_poll_t *h, int status, int events) {
-  poller_t *p = container_of(h, poller_t, poll);
-  ares_socket_t r = ARES_SOCKET_BAD, w = ARES_SOCKET_BAD;
-  /* On an error let c-ares try both directions: it sees the socket error
-   * itself and fails over the queries on that socket. */
-  if (status < 0 || (events & UV_READABLE))
-    r = p->fd;
-  if (status < 0 || (events & UV_WRITABLE))
-    w = p->fd;
-  ares_process_fd(p->chan->ch, r, w);
-}
-
-/* c-ares tells us which sockets it wants watched; each gets a uv_poll. */
-static void on_sock_state(void *data, ares_socket_t fd, int readable,
-                          int writable) {
-  chan_t *c = data;
-  sg_upstream_t *up = c->up;
-  poller_t **pp = &c->pollers, *p;
-  while ((p = *pp) && p->fd != fd)
-    pp = &p->next;
-
-  if (!readable && !writable) {
-    if (p) {
-      *pp = p->next;
-      uv_poll_stop(&p->poll);
-      uv_close((uv_handle_t *)&p->poll, on_handle_closed);
-    }
-    return;
-  }
-  if (!p) {
-    p = calloc(1, sizeof(*p));
-    if (!p)
-      return;
-    if (uv_poll_init_socket(up->loop, &p->poll, fd) != 0) {
-      free(p);
-      return;
-    }
-    p->poll.data = up;
-    p->chan = c;
-    p->fd = fd;
-    p->next = c->pollers;
-    c->pollers = p;
-    up->open_handles++;
-  }
-  uv_poll_start(&p->poll,
-                (readable ? UV_READABLE : 0) | (writable ? UV_WRITABLE : 0),
-                on_poll);
+/* The pollers of every channel count as open handles of the upstream. */
+static void hold(void *owner, int delta) {
+  sg_upstream_t *up = owner;
+  up->open_handles += delta;
+  if (delta < 0)
+    maybe_free(up);
 }
 
 static int on_sock_config(ares_socket_t fd, int type, void *data) {
@@ -134,7 +84,7 @@ static int on_sock_config(ares_socket_t fd, int type, void *data) {
 
 static void on_tick(uv_timer_t *t) {
   chan_t *c = container_of(t, chan_t, tick);
-  ares_process_fd(c->ch, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+  ares_process_fd(c->io.ch, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
   if (c->pending == 0)
     uv_timer_stop(t);
 }
@@ -196,7 +146,7 @@ static void send_to_server(query_t *q) {
   c->pending++;
   if (!uv_is_active((uv_handle_t *)&c->tick))
     uv_timer_start(&c->tick, on_tick, TICK_MS, TICK_MS);
-  ares_send(c->ch, q->pkt, (int)q->len, on_answer, q);
+  ares_send(c->io.ch, q->pkt, (int)q->len, on_answer, q);
 }
 
 int sg_upstream_query(sg_upstream_t *up, const uint8_t *pkt, size_t len,
@@ -240,11 +190,12 @@ static int init_chan(sg_upstream_t *up, int i, const struct sockaddr *sa,
             ARES_FLAG_STAYOPEN;
   o.timeout = (int)(timeout_ms / 3 ? timeout_ms / 3 : 1);
   o.tries = 2;
-  o.sock_state_cb = on_sock_state;
-  o.sock_state_cb_data = c;
+  sg_ares_uv_init(&c->io, up->loop, hold, up);
+  o.sock_state_cb = sg_ares_uv_sock_state;
+  o.sock_state_cb_data = &c->io;
   int mask = ARES_OPT_FLAGS | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES |
              ARES_OPT_SOCK_STATE_CB | ARES_OPT_NOROTATE;
-  int rc = ares_init_options(&c->ch, &o, mask);
+  int rc = ares_init_options(&c->io.ch, &o, mask);
   if (rc != ARES_SUCCESS) {
     snprintf(err, errlen, "c-ares init failed: %s", ares_strerror(rc));
     return -ENOMEM;
@@ -257,14 +208,14 @@ static int init_chan(sg_upstream_t *up, int i, const struct sockaddr *sa,
   else
     memcpy(&node.addr.addr6, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
   node.udp_port = node.tcp_port = sg_sockaddr_port(sa);
-  rc = ares_set_servers_ports(c->ch, &node);
+  rc = ares_set_servers_ports(c->io.ch, &node);
   if (rc != ARES_SUCCESS) {
-    ares_destroy(c->ch);
+    ares_destroy(c->io.ch);
     snprintf(err, errlen, "c-ares cannot use server %s: %s", c->name,
              ares_strerror(rc));
     return -EINVAL;
   }
-  ares_set_socket_configure_callback(c->ch, on_sock_config, up);
+  ares_set_socket_configure_callback(c->io.ch, on_sock_config, up);
   uv_timer_init(up->loop, &c->tick);
   c->tick.data = up;
   up->open_handles++;
@@ -315,7 +266,7 @@ void sg_upstream_close(sg_upstream_t *up) {
    * longer watched, which closes the pollers. */
   up->open_handles++; /* hold the struct while tearing down */
   for (int i = 0; i < up->n; i++) {
-    ares_destroy(up->chans[i].ch);
+    ares_destroy(up->chans[i].io.ch);
     uv_close((uv_handle_t *)&up->chans[i].tick, on_handle_closed);
   }
   up->open_handles--;

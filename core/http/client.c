@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "dns/ares_uv.h"
 #include "util/common.h"
 #include "util/sockaddr.h"
 
@@ -24,13 +25,6 @@
 /* Only the status line matters: a read buffer per client is plenty, since
  * each read is parsed completely before the next. */
 #define READ_BUF 4096
-
-typedef struct poller {
-  uv_poll_t poll;
-  sg_http_client_t *cl;
-  ares_socket_t fd;
-  struct poller *next;
-} poller_t;
 
 typedef enum {
   ST_NEW,        /* waiting for the loop to start it */
@@ -67,9 +61,8 @@ typedef struct req {
 
 struct sg_http_client {
   uv_loop_t *loop;
-  ares_channel ch;
+  sg_ares_uv_t io; /* the resolver's channel and its sockets */
   uv_timer_t tick;
-  poller_t *pollers;
   req_t *reqs;
   int lookups; /* getaddrinfo calls in progress */
   uint32_t mark;
@@ -267,56 +260,12 @@ static void finish(req_t *r, int status) {
 
 /* ---- c-ares on the loop ---- */
 
-static void on_poller_closed(uv_handle_t *h) {
-  poller_t *p = container_of((uv_poll_t *)h, poller_t, poll);
-  sg_http_client_t *cl = p->cl;
-  free(p);
-  cl->refs--;
-  client_maybe_free(cl);
-}
-
-static void on_poll(uv_poll_t *h, int status, int events) {
-  poller_t *p = container_of(h, poller_t, poll);
-  ares_socket_t rd = ARES_SOCKET_BAD, wr = ARES_SOCKET_BAD;
-  /* On an error c-ares looks at both directions and sees the error. */
-  if (status < 0 || (events & UV_READABLE))
-    rd = p->fd;
-  if (status < 0 || (events & UV_WRITABLE))
-    wr = p->fd;
-  ares_process_fd(p->cl->ch, rd, wr);
-}
-
-static void on_sock_state(void *data, ares_socket_t fd, int readable,
-                          int writable) {
-  sg_http_client_t *cl = data;
-  poller_t **pp = &cl->pollers, *p;
-  while ((p = *pp) && p->fd != fd)
-    pp = &p->next;
-  if (!readable && !writable) {
-    if (p) {
-      *pp = p->next;
-      uv_poll_stop(&p->poll);
-      uv_close((uv_handle_t *)&p->poll, on_poller_closed);
-    }
-    return;
-  }
-  if (!p) {
-    p = calloc(1, sizeof(*p));
-    if (!p)
-      return; /* the lookup times out */
-    if (uv_poll_init_socket(cl->loop, &p->poll, fd) != 0) {
-      free(p);
-      return;
-    }
-    p->cl = cl;
-    p->fd = fd;
-    p->next = cl->pollers;
-    cl->pollers = p;
-    cl->refs++;
-  }
-  uv_poll_start(&p->poll,
-                (readable ? UV_READABLE : 0) | (writable ? UV_WRITABLE : 0),
-                on_poll);
+/* Each of the resolver's poll handles keeps the client alive. */
+static void hold(void *owner, int delta) {
+  sg_http_client_t *cl = owner;
+  cl->refs += delta;
+  if (delta < 0)
+    client_maybe_free(cl);
 }
 
 static int set_mark(int fd, uint32_t mark) {
@@ -335,7 +284,7 @@ static int on_sock_config(ares_socket_t fd, int type, void *data) {
 
 static void on_tick(uv_timer_t *t) {
   sg_http_client_t *cl = container_of(t, sg_http_client_t, tick);
-  ares_process_fd(cl->ch, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+  ares_process_fd(cl->io.ch, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
   if (cl->lookups == 0)
     uv_timer_stop(t);
 }
@@ -508,7 +457,7 @@ static void start(req_t *r) {
   hints.ai_socktype = SOCK_STREAM;
   /* The callback may run from within this call (a name from the hosts
    * file): that is fine here, this runs from the loop. */
-  ares_getaddrinfo(cl->ch, r->host, NULL, &hints, on_resolved, r);
+  ares_getaddrinfo(cl->io.ch, r->host, NULL, &hints, on_resolved, r);
 }
 
 static void on_req_timer(uv_timer_t *t) {
@@ -618,9 +567,10 @@ int sg_http_client_new(uv_loop_t *loop, const sg_http_client_opts_t *opts,
   memset(&o, 0, sizeof(o));
   o.timeout = DNS_TIMEOUT_MS;
   o.tries = DNS_TRIES;
-  o.sock_state_cb = on_sock_state;
-  o.sock_state_cb_data = cl;
-  int rc = ares_init_options(&cl->ch, &o,
+  sg_ares_uv_init(&cl->io, loop, hold, cl);
+  o.sock_state_cb = sg_ares_uv_sock_state;
+  o.sock_state_cb_data = &cl->io;
+  int rc = ares_init_options(&cl->io.ch, &o,
                              ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES |
                                  ARES_OPT_SOCK_STATE_CB);
   if (rc != ARES_SUCCESS) {
@@ -644,16 +594,16 @@ int sg_http_client_new(uv_loop_t *loop, const sg_http_client_opts_t *opts,
                16);
       nd->udp_port = nd->tcp_port = sg_sockaddr_port(sa);
     }
-    rc = ares_set_servers_ports(cl->ch, nodes);
+    rc = ares_set_servers_ports(cl->io.ch, nodes);
     if (rc != ARES_SUCCESS) {
       snprintf(err, errlen, "c-ares cannot use the nameservers: %s",
                ares_strerror(rc));
-      ares_destroy(cl->ch);
+      ares_destroy(cl->io.ch);
       free(cl);
       return -EINVAL;
     }
   }
-  ares_set_socket_configure_callback(cl->ch, on_sock_config, cl);
+  ares_set_socket_configure_callback(cl->io.ch, on_sock_config, cl);
 
   llhttp_settings_init(&cl->settings);
   cl->settings.on_headers_complete = on_headers_complete;
@@ -669,7 +619,7 @@ static void on_tick_closed(uv_handle_t *h) {
    * (sg_http_client_close may run from one): lookups still owed get
    * ARES_EDESTRUCTION and free their requests, and every socket is reported
    * unwatched, which closes the pollers. */
-  ares_destroy(cl->ch);
+  ares_destroy(cl->io.ch);
   cl->refs--;
   client_maybe_free(cl);
 }
