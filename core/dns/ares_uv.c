@@ -1,5 +1,7 @@
 #include "dns/ares_uv.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "util/common.h"
@@ -10,6 +12,20 @@ struct sg_ares_poller {
   ares_socket_t fd;
   sg_ares_poller_t *next;
 };
+
+int sg_ares_uv_library_init(char *err, size_t errlen) {
+  /* Every user runs on the one loop thread, so a plain flag is enough. */
+  static int ready;
+  if (ready)
+    return 0;
+  int rc = ares_library_init(ARES_LIB_INIT_ALL);
+  if (rc != ARES_SUCCESS) {
+    snprintf(err, errlen, "c-ares: %s", ares_strerror(rc));
+    return -ENOMEM;
+  }
+  ready = 1;
+  return 0;
+}
 
 void sg_ares_uv_init(sg_ares_uv_t *io, uv_loop_t *loop,
                      void (*hold)(void *owner, int delta), void *owner) {

@@ -11,6 +11,7 @@
 #define SG_DNS_ARES_UV_H
 
 #include <ares.h>
+#include <stddef.h>
 #include <uv.h>
 
 typedef struct sg_ares_poller sg_ares_poller_t;
@@ -22,6 +23,9 @@ typedef struct {
   void (*hold)(void *owner, int delta);
   void *owner;
 } sg_ares_uv_t;
+
+/* ares_library_init, once per process. Returns 0 or -ENOMEM (with err). */
+int sg_ares_uv_library_init(char *err, size_t errlen);
 
 void sg_ares_uv_init(sg_ares_uv_t *io, uv_loop_t *loop,
                      void (*hold)(void *owner, int delta), void *owner);

@@ -224,15 +224,9 @@ static int init_chan(sg_upstream_t *up, int i, const struct sockaddr *sa,
 
 int sg_upstream_new(uv_loop_t *loop, const sg_upstream_opts_t *opts,
                     sg_upstream_t **out, char *err, size_t errlen) {
-  static int lib_ready;
-  if (!lib_ready) {
-    int rc = ares_library_init(ARES_LIB_INIT_ALL);
-    if (rc != ARES_SUCCESS) {
-      snprintf(err, errlen, "c-ares: %s", ares_strerror(rc));
-      return -ENOMEM;
-    }
-    lib_ready = 1;
-  }
+  int lrc = sg_ares_uv_library_init(err, errlen);
+  if (lrc)
+    return lrc;
   if (opts->nservers < 1 || opts->nservers > SG_UPSTREAM_MAX) {
     snprintf(err, errlen, "between 1 and %d upstream nameservers are needed",
              SG_UPSTREAM_MAX);

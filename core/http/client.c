@@ -544,15 +544,9 @@ int sg_http_client_request(sg_http_client_t *cl, const sg_http_client_req_t *q,
 
 int sg_http_client_new(uv_loop_t *loop, const sg_http_client_opts_t *opts,
                        sg_http_client_t **out, char *err, size_t errlen) {
-  static int lib_ready;
-  if (!lib_ready) {
-    int rc = ares_library_init(ARES_LIB_INIT_ALL);
-    if (rc != ARES_SUCCESS) {
-      snprintf(err, errlen, "c-ares: %s", ares_strerror(rc));
-      return -ENOMEM;
-    }
-    lib_ready = 1;
-  }
+  int lrc = sg_ares_uv_library_init(err, errlen);
+  if (lrc)
+    return lrc;
   if (opts->ndns_servers < 0 || opts->ndns_servers > SG_HTTP_CLIENT_MAX_DNS) {
     snprintf(err, errlen, "at most %d nameservers", SG_HTTP_CLIENT_MAX_DNS);
     return -EINVAL;
