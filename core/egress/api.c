@@ -54,9 +54,6 @@ static void respond_text(sg_http_reply_t *r, int status, const char *msg,
   free(body);
 }
 
-/* Calls policyapi.<fn> with the arguments already pushed and answers with
- * what it returns: status, body, and (for a change) the new document, which
- * the plane applies before the client hears "ok". */
 /* egress.update_failed, with the request that was refused (the rules
  * concerned), cut at 2 KiB. */
 static void log_refused(const sg_http_request_t *req, int status,
@@ -71,15 +68,39 @@ static void log_refused(const sg_http_request_t *req, int status,
   sg_log_end(&l);
 }
 
-static void run_api(sg_egress_api_t *a, sg_http_reply_t *r, const char *fn,
-                    int nargs, const sg_http_request_t *req) {
+static int method_is(const sg_http_request_t *req, const char *m) {
+  return strcmp(req->method, m) == 0;
+}
+
+static int path_is(const sg_http_request_t *req, const char *p) {
+  size_t n = strlen(p);
+  return req->path_len == n && memcmp(req->path, p, n) == 0;
+}
+
+/* A /policy request: policyapi.handle(method, document, body, max_rules,
+ * enforcement) answers with status, body, and (for a change) the new
+ * document, which the plane applies before the client hears "ok". */
+static void run_policy(sg_egress_api_t *a, const sg_http_request_t *req,
+                       sg_http_reply_t *r) {
   lua_State *L = a->L;
-  if (lua_pcall(L, nargs, 3, 0) != 0) {
+  const char *cur = a->o.current_doc(a->o.ctx);
+  lua_getfield(L, 1, "handle");
+  lua_pushstring(L, req->method);
+  lua_pushstring(L, cur ? cur : "");
+  lua_pushlstring(L, req->body ? req->body : "", req->body_len);
+  lua_pushnumber(L, (lua_Number)a->o.max_rules);
+  lua_pushstring(L, a->enforcement);
+  if (lua_pcall(L, 5, 3, 0) != 0) {
     const char *msg = lua_tostring(L, -1);
-    sg_log_msg(SG_LOG_ERROR, "api.internal_error", "policyapi.%s: %s", fn,
+    sg_log_msg(SG_LOG_ERROR, "api.internal_error", "policyapi.handle: %s",
                msg ? msg : "?");
     respond_text(r, 500, "internal error", NULL);
     lua_settop(L, 1);
+    return;
+  }
+  if (lua_isnil(L, -3)) {
+    lua_settop(L, 1);
+    respond_text(r, 405, "method not allowed", "Allow: " POLICY_METHODS "\r\n");
     return;
   }
   int status = (int)lua_tointeger(L, -3);
@@ -112,7 +133,7 @@ static void run_api(sg_egress_api_t *a, sg_http_reply_t *r, const char *fn,
       return;
     }
   }
-  if (strcmp(fn, "get") != 0) {
+  if (!method_is(req, "GET")) {
     if (status == 200) {
       a->writes_ok++;
     } else {
@@ -125,15 +146,6 @@ static void run_api(sg_egress_api_t *a, sg_http_reply_t *r, const char *fn,
   else
     respond_text(r, status, body, NULL);
   lua_settop(L, 1);
-}
-
-static int method_is(const sg_http_request_t *req, const char *m) {
-  return strcmp(req->method, m) == 0;
-}
-
-static int path_is(const sg_http_request_t *req, const char *p) {
-  size_t n = strlen(p);
-  return req->path_len == n && memcmp(req->path, p, n) == 0;
 }
 
 /* GET returns the running script; PUT replaces it (the same rules as a
@@ -207,7 +219,6 @@ static void on_metrics(sg_egress_api_t *a, sg_http_reply_t *r) {
 static void on_request(void *ctx, const sg_http_request_t *req,
                        sg_http_reply_t *r) {
   sg_egress_api_t *a = ctx;
-  lua_State *L = a->L;
 
   /* Health needs no token: it is what probes ask. The API only starts once
    * the DNS listeners and the interception are up. */
@@ -237,34 +248,7 @@ static void on_request(void *ctx, const sg_http_request_t *req,
     return;
   }
 
-  const char *cur = a->o.current_doc(a->o.ctx);
-  if (method_is(req, "GET")) {
-    lua_getfield(L, 1, "get");
-    lua_pushstring(L, cur ? cur : "");
-    lua_pushstring(L, a->enforcement);
-    run_api(a, r, "get", 2, req);
-  } else if (method_is(req, "POST") || method_is(req, "PUT")) {
-    lua_getfield(L, 1, "replace");
-    lua_pushlstring(L, req->body ? req->body : "", req->body_len);
-    lua_pushnumber(L, (lua_Number)a->o.max_rules);
-    lua_pushstring(L, a->enforcement);
-    run_api(a, r, "replace", 3, req);
-  } else if (method_is(req, "PATCH")) {
-    lua_getfield(L, 1, "patch");
-    lua_pushstring(L, cur ? cur : "");
-    lua_pushlstring(L, req->body ? req->body : "", req->body_len);
-    lua_pushnumber(L, (lua_Number)a->o.max_rules);
-    lua_pushstring(L, a->enforcement);
-    run_api(a, r, "patch", 4, req);
-  } else if (method_is(req, "DELETE")) {
-    lua_getfield(L, 1, "delete");
-    lua_pushstring(L, cur ? cur : "");
-    lua_pushlstring(L, req->body ? req->body : "", req->body_len);
-    lua_pushstring(L, a->enforcement);
-    run_api(a, r, "delete", 3, req);
-  } else {
-    respond_text(r, 405, "method not allowed", "Allow: " POLICY_METHODS "\r\n");
-  }
+  run_policy(a, req, r);
 }
 
 static void api_free(sg_egress_api_t *a) {

@@ -505,29 +505,6 @@ static void on_stop_signal(uv_signal_t *h, int signum) {
   stop(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
-static char *read_text_file(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return NULL;
-  size_t cap = 8192, len = 0, n;
-  char *buf = malloc(cap);
-  while (buf && (n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-    len += n;
-    if (len + 1 == cap) {
-      char *nb = realloc(buf, cap *= 2);
-      if (!nb) {
-        free(buf);
-        buf = NULL;
-      }
-      buf = nb;
-    }
-  }
-  fclose(f);
-  if (buf)
-    buf[len] = 0;
-  return buf;
-}
-
 static int blank(const char *s) {
   for (; s && *s; s++)
     if (*s != ' ' && *s != '\n' && *s != '\r' && *s != '\t')
@@ -551,8 +528,10 @@ static int load_initial_policy(egress_t *e) {
   char err[1024];
   const char *file = e->cfg.policy_file;
   if (file) {
-    char *text = read_text_file(file);
-    if (text && !blank(text)) {
+    char *text = NULL;
+    /* A missing or unreadable file is no policy: fall through. */
+    if (sg_file_read(file, &text, NULL, err, sizeof(err)) == 0 &&
+        !blank(text)) {
       if (build_vm(e, text, &e->vm, err, sizeof(err)) == 0) {
         e->policy_json = text;
         sg_log_msg(SG_LOG_INFO, "policy.loaded", "from policy file %s", file);

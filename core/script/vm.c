@@ -4,13 +4,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
 #include <uv.h>
 
+#include "util/file.h"
 #include "util/log.h"
 
 /* Scripts bigger than this are refused before Lua sees them. */
@@ -108,39 +108,6 @@ static int l_log(lua_State *L) {
   return 0;
 }
 
-static int read_file(const char *path, char **out, size_t *len, char *err,
-                     size_t errlen) {
-  FILE *f = fopen(path, "rb");
-  struct stat st;
-  if (!f || fstat(fileno(f), &st) != 0) {
-    int e = errno;
-    if (f)
-      fclose(f);
-    snprintf(err, errlen, "cannot open script %s: %s", path, strerror(e));
-    return -e;
-  }
-  if (st.st_size > SCRIPT_MAX_BYTES) {
-    fclose(f);
-    snprintf(err, errlen, "script %s is larger than %u bytes", path,
-             SCRIPT_MAX_BYTES);
-    return -EFBIG;
-  }
-  size_t want = (size_t)st.st_size;
-  char *buf = malloc(want + 1);
-  size_t n = buf ? fread(buf, 1, want, f) : 0;
-  int bad = !buf || ferror(f);
-  fclose(f);
-  if (bad) {
-    free(buf);
-    snprintf(err, errlen, "cannot read script %s", path);
-    return -EIO;
-  }
-  buf[n] = 0;
-  *out = buf;
-  *len = n;
-  return 0;
-}
-
 static void vm_free(sg_vm_t *vm) {
   if (vm->L)
     lua_close(vm->L);
@@ -179,10 +146,17 @@ int sg_vm_new_egress(const sg_vm_opts_t *o, sg_vm_t **out, char *err,
   const char *src = o->script_src;
   size_t src_len = o->script_len;
   if (!src) {
-    int rc = read_file(o->script_path, &owned_src, &src_len, err, errlen);
+    int rc = sg_file_read(o->script_path, &owned_src, &src_len, err, errlen);
     if (rc)
       return rc;
     src = owned_src;
+  }
+  /* Uploaded or read, a script has the same size limit. */
+  if (src_len > SCRIPT_MAX_BYTES) {
+    free(owned_src);
+    snprintf(err, errlen, "script %s is larger than %u bytes",
+             o->script_path ? o->script_path : "(uploaded)", SCRIPT_MAX_BYTES);
+    return -EFBIG;
   }
 
   sg_vm_t *vm = calloc(1, sizeof(*vm));

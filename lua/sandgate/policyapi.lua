@@ -440,17 +440,26 @@ local function current(cur_doc_text)
   return pol
 end
 
+-- The body of PATCH and DELETE: a non-empty JSON array. Returns the decoded
+-- array, or nil, 400 and the message (`what` names the body in it: "patch
+-- rules", "delete targets"). A JSON null counts as an empty array, as Go
+-- unmarshals it into a nil slice.
+local function array_body(body_text, what)
+  local raw = go_trim(body_text or "")
+  if raw == "" then return nil, 400, "empty body" end
+  local v, first = decode(raw)
+  if v == nil then return nil, 400, "invalid " .. what .. ": " .. first end
+  if v ~= NULL and (type(v) ~= "table" or first ~= 91) then
+    return nil, 400, "invalid " .. what .. ": expected an array, got " .. json_type(v, first)
+  end
+  if v == NULL or #v == 0 then return nil, 400, "invalid " .. what .. ": empty array" end
+  return v
+end
+
 -- PATCH /policy: merge a JSON array of rules into the current document.
 function M.patch(cur_doc_text, body_text, max_rules, enforcement)
-  local raw = go_trim(body_text or "")
-  if raw == "" then return fail(400, "empty body") end
-  local v, first = decode(raw)
-  if v == nil then return fail(400, "invalid patch rules: " .. first) end
-  -- null unmarshals into a nil slice, which is then an empty array.
-  if v ~= NULL and (type(v) ~= "table" or first ~= 91) then
-    return fail(400, "invalid patch rules: expected an array, got " .. json_type(v, first))
-  end
-  if v == NULL or #v == 0 then return fail(400, "invalid patch rules: empty array") end
+  local v, status, msg = array_body(body_text, "patch rules")
+  if not v then return fail(status, msg) end
 
   -- Unmarshal into []EgressRule: elements are objects (null is a zero
   -- rule), action and target strings (null leaves "").
@@ -513,14 +522,8 @@ end
 
 -- DELETE /policy: remove the rules whose targets are listed.
 function M.delete(cur_doc_text, body_text, enforcement)
-  local raw = go_trim(body_text or "")
-  if raw == "" then return fail(400, "empty body") end
-  local v, first = decode(raw)
-  if v == nil then return fail(400, "invalid delete targets: " .. first) end
-  if v ~= NULL and (type(v) ~= "table" or first ~= 91) then
-    return fail(400, "invalid delete targets: expected an array, got " .. json_type(v, first))
-  end
-  if v == NULL or #v == 0 then return fail(400, "invalid delete targets: empty array") end
+  local v, status, msg = array_body(body_text, "delete targets")
+  if not v then return fail(status, msg) end
 
   local remove = {}
   for i = 1, #v do
@@ -555,6 +558,23 @@ function M.delete(cur_doc_text, body_text, enforcement)
   pol, err = from_decoded({ defaultAction = base.default, egress = kept })
   if not pol then return fail(500, "internal error: " .. err) end
   return 200, status_body(mode_of(pol), enforcement), encode_doc(pol)
+end
+
+-- The entry point of the C side: one call per /policy request, by method.
+-- Returns status, body and the new document (nil when nothing changes), or
+-- nil for a method /policy does not serve.
+local handlers = {
+  GET = function(cur, _, _, e) return M.get(cur, e) end,
+  POST = function(_, body, max, e) return M.replace(body, max, e) end,
+  PATCH = function(cur, body, max, e) return M.patch(cur, body, max, e) end,
+  DELETE = function(cur, body, _, e) return M.delete(cur, body, e) end,
+}
+handlers.PUT = handlers.POST
+
+function M.handle(method, cur_doc_text, body_text, max_rules, enforcement)
+  local h = handlers[method]
+  if not h then return nil end
+  return h(cur_doc_text, body_text, max_rules, enforcement)
 end
 
 return M
