@@ -8,6 +8,7 @@
 #      SUT_CPU=0 LOAD_CPU=1 SANDGATE_BIN=<repo>/build/sandgate OUT=/tmp/sandgate-profile.<random>
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
 REPO=$(git -C "$HERE" rev-parse --show-toplevel 2>/dev/null || (cd "$HERE/.." && pwd))
 SHARED_BENCH=$(cd "${SHARED_BENCH:-$REPO/../shared/bench}" && pwd)
 SANDGATE_BIN=${SANDGATE_BIN:-$REPO/build/sandgate}
@@ -33,31 +34,7 @@ wait_dns() { local _; for _ in $(seq 75); do
   dig @127.0.0.1 -p "$1" api.github.com +tries=1 +time=1 2>/dev/null | grep -q 'status: ' && return 0; sleep 0.2; done; return 1; }
 
 N_RULES=$N_RULES UPSTREAM_PORT=$UP_PORT /usr/bin/python3 "$SHARED_BENCH/lib/gen_dns.py" "$OUT"
-printf '$ORIGIN .\n$TTL 300\n@ IN SOA ns.bench. hostmaster.bench. 1 3600 600 86400 300\n@ IN NS ns.bench.\n* IN A 192.0.2.1\n' >"$OUT/root.zone"
-cat >"$OUT/nsd.conf" <<C
-server:
-  ip-address: 127.0.0.1@$UP_PORT
-  port: $UP_PORT
-  server-count: 1
-  username: ""
-  chroot: ""
-  zonesdir: "$OUT"
-  database: ""
-  zonelistfile: "$OUT/zone.list"
-  xfrdfile: "$OUT/xfrd.state"
-  pidfile: "$OUT/nsd.pid"
-  logfile: "$OUT/nsd.log"
-  verbosity: 0
-  do-ip6: no
-  rrl-ratelimit: 0
-  rrl-whitelist-ratelimit: 0
-  tcp-count: 1000
-remote-control:
-  control-enable: no
-zone:
-  name: "."
-  zonefile: "$OUT/root.zone"
-C
+write_nsd_config "$OUT" "$UP_PORT"
 start_bg UP "$OUT/nsd.out" taskset -c "$LOAD_CPU" nsd -d -c "$OUT/nsd.conf"
 wait_dns "$UP_PORT" || { echo "nsd did not start" >&2; exit 1; }
 start_bg SG "$OUT/sandgate.log" taskset -c "$SUT_CPU" "$SANDGATE_BIN" egress --no-intercept --no-query-log --http-addr off \

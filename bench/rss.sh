@@ -11,6 +11,7 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
 REPO=$(git -C "$HERE" rev-parse --show-toplevel 2>/dev/null || (cd "$HERE/.." && pwd))
 SHARED_BENCH=$(cd "${SHARED_BENCH:-$REPO/../shared/bench}" && pwd)
 SANDGATE_BIN=${SANDGATE_BIN:-$REPO/build/sandgate}
@@ -61,36 +62,7 @@ pid_of() { # pid_of <pgid> <comm>: the process named comm in our group
 }
 
 # ---- upstream: NSD answering every name with A 192.0.2.1 (as the shared harness does) ----
-cat >"$WORK/root.zone" <<Z
-\$ORIGIN .
-\$TTL 300
-@ IN SOA ns.bench. hostmaster.bench. 1 3600 600 86400 300
-@ IN NS ns.bench.
-* IN A 192.0.2.1
-Z
-cat >"$WORK/nsd.conf" <<C
-server:
-  ip-address: 127.0.0.1@$UP_PORT
-  port: $UP_PORT
-  server-count: 1
-  username: ""
-  chroot: ""
-  zonesdir: "$WORK"
-  database: ""
-  zonelistfile: "$WORK/zone.list"
-  xfrdfile: "$WORK/xfrd.state"
-  pidfile: "$WORK/nsd.pid"
-  logfile: "$WORK/nsd.log"
-  verbosity: 0
-  do-ip6: no
-  rrl-ratelimit: 0
-  rrl-whitelist-ratelimit: 0
-remote-control:
-  control-enable: no
-zone:
-  name: "."
-  zonefile: "$WORK/root.zone"
-C
+write_nsd_config "$WORK" "$UP_PORT"
 start_bg UP "$WORK/upstream.log" nsd -d -c "$WORK/nsd.conf"
 wait_dns "$UP_PORT" || { log "upstream did not start"; cat "$WORK/upstream.log" >&2; exit 1; }
 
