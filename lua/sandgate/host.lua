@@ -183,24 +183,25 @@ end
 local function egress_entry(decide, always)
   local q = { name = "", qtype = "", client = "", transport = "" }
   local check = always and always.check
-  local quiet = always and always.quiet or function() return false end
+  -- Without log_skip.always there is nothing to ask per query.
+  local quiet = always and always.counts.log_skip > 0 and always.quiet
   return function(name, qtype, client, transport)
     if check then
       local a, ref = check(name)
       if a == 0 then return 0, ref, 3 end
-      if a == 1 then return 1, ref, nil, nil, nil, quiet(name) end
+      if a == 1 then return 1, ref, nil, nil, nil, quiet and quiet(name) end
     end
     q.name, q.qtype, q.client, q.transport = name, qtype, client, transport
     local v = decide(q)
     local tv = type(v)
     if tv == "table" then
       local a = v.action
-      if a == "allow" then return 1, v.rule, nil, v.index, v.target, quiet(name) end
+      if a == "allow" then return 1, v.rule, nil, v.index, v.target, quiet and quiet(name) end
       if a == "deny" then return 0, v.rule, deny_rcode(v), v.index, v.target end
       error("decide returned a verdict whose action is " .. describe(a)
         .. ", expected \"allow\" or \"deny\"", 0)
     elseif v == "allow" or v == true then
-      return 1, nil, nil, nil, nil, quiet(name)
+      return 1, nil, nil, nil, nil, quiet and quiet(name)
     elseif v == "deny" or v == false then
       return 0, nil, 3
     end
