@@ -93,7 +93,7 @@ bold "Starting the egress plane in the sandbox with an allowlist"
 cp policies/egress/default.lua "$WORK/policy.lua"
 RULES='{"defaultAction":"deny","egress":[{"action":"allow","target":"*.pypi.org"},{"action":"allow","target":"github.com"}]}'
 say "policy: $RULES"
-ip netns exec "$BOX" "$BIN" egress --script "$WORK/policy.lua" --rules "$RULES" \
+ip netns exec "$BOX" "$BIN" egress --script "$WORK/policy.lua" --rules "$RULES" --cleanup \
   --token demo-token 2>"$WORK/egress.log" &
 PIDS+=($!)
 wait_log '"egress.started"' 1
@@ -143,7 +143,7 @@ say "log: $(grep '"policy.reload_failed"' "$WORK/egress.log" | tail -1 | grep -o
 ask evil.example
 say "(still the audit script: the broken one never replaced it)"
 
-bold "Stopping: SIGTERM removes the interception table"
+bold "Stopping: SIGTERM (with --cleanup) removes the interception table"
 kill -TERM "${PIDS[1]}"
 wait "${PIDS[1]}" || true
 if in_box nft list table inet sandgate >/dev/null 2>&1; then

@@ -67,12 +67,14 @@ typedef struct {
 
 /* A query waiting for its upstream answer: just enough of it to restore the
  * ID and to build a SERVFAIL or truncated reply ourselves. */
-typedef struct {
+typedef struct sg_dns_held {
   sg_dns_server_t *srv;
   origin_t from;
   uint16_t id, flags, max_udp;
   uint16_t qwire_len;
   uint8_t qwire[SG_DNS_WIRE_NAME_MAX + 4];
+  uint8_t *answer; /* a held answer (on_answer returned SG_DNS_HOLD) */
+  size_t answer_len;
 } pending_t;
 
 typedef struct {
@@ -204,6 +206,7 @@ static void reply_code(sg_dns_server_t *srv, origin_t *from,
 static void pending_done(pending_t *p) {
   sg_dns_server_t *srv = p->srv;
   tcp_conn_t *c = p->from.conn;
+  free(p->answer);
   free(p);
   srv->inflight--;
   if (c) {
@@ -251,11 +254,36 @@ static void on_upstream_answer(void *arg, const uint8_t *answer, size_t len,
   }
   /* The answer is relayed as is; only the ID goes back to the client's. */
   uint8_t *copy = malloc(len);
-  if (copy) {
-    memcpy(copy, answer, len);
-    sg_dns_set_id(copy, p->id);
-    send_reply(srv, &p->from, copy, len);
-    free(copy);
+  if (!copy) {
+    reply_from_pending(p, SG_DNS_RCODE_SERVFAIL, 0);
+    pending_done(p);
+    return;
+  }
+  memcpy(copy, answer, len);
+  sg_dns_set_id(copy, p->id);
+  p->answer = copy;
+  p->answer_len = len;
+  int what = SG_DNS_RELEASE;
+  if (srv->opts.on_answer)
+    what = srv->opts.on_answer(srv->opts.decide_ctx, answer, len, p);
+  if (what == SG_DNS_HOLD) {
+    srv->stats.held++;
+    return;
+  }
+  sg_dns_server_release(p, what == SG_DNS_RELEASE);
+}
+
+void sg_dns_server_release(sg_dns_held_t *p, int ok) {
+  sg_dns_server_t *srv = p->srv;
+  if (srv->closing || (p->from.conn && p->from.conn->closing)) {
+    pending_done(p);
+    return;
+  }
+  if (ok) {
+    send_reply(srv, &p->from, p->answer, p->answer_len);
+  } else {
+    srv->stats.refused++;
+    reply_from_pending(p, SG_DNS_RCODE_SERVFAIL, 0);
   }
   pending_done(p);
 }
@@ -312,6 +340,7 @@ static void handle_query(sg_dns_server_t *srv, origin_t *from,
     return;
   }
   p->srv = srv;
+  p->answer = NULL;
   p->from = *from;
   p->id = q.id;
   p->flags = q.flags;

@@ -29,6 +29,24 @@ typedef struct {
 #define SG_DNS_FORWARD (-1)
 typedef int (*sg_dns_decide_cb)(void *ctx, const sg_dns_request_t *req);
 
+/* An upstream answer the answer callback holds back (see below). */
+typedef struct sg_dns_held sg_dns_held_t;
+
+/* What the answer callback decides for an answer the upstream gave. */
+enum {
+  SG_DNS_RELEASE = 0, /* send it now */
+  SG_DNS_HOLD = 1,    /* the callback keeps `held` and calls
+                         sg_dns_server_release(held, ok) later */
+  SG_DNS_REFUSE = 2,  /* answer SERVFAIL instead */
+};
+typedef int (*sg_dns_answer_cb)(void *ctx, const uint8_t *answer, size_t len,
+                                sg_dns_held_t *held);
+
+/* Sends a held answer (ok = 1) or SERVFAIL in its place (ok = 0). Must be
+ * called exactly once for every SG_DNS_HOLD, also while the server closes
+ * (then nothing is sent). */
+void sg_dns_server_release(sg_dns_held_t *held, int ok);
+
 typedef struct {
   struct sockaddr_storage listen[SG_DNS_SERVER_MAX_LISTEN];
   int nlisten;
@@ -37,6 +55,9 @@ typedef struct {
   sg_upstream_t *upstream;
   sg_dns_decide_cb decide;
   void *decide_ctx;
+  /* Optional: sees every answer of an allowed query before it is relayed
+   * (with the upstream's ID), with decide_ctx. */
+  sg_dns_answer_cb on_answer;
 } sg_dns_server_opts_t;
 
 typedef struct {
@@ -47,6 +68,8 @@ typedef struct {
   uint64_t dropped;         /* too short or a response: not answered */
   uint64_t upstream_failed; /* answered SERVFAIL */
   uint64_t truncated;       /* answered with TC for the client to retry */
+  uint64_t held;            /* answers held back by on_answer */
+  uint64_t refused;         /* answers on_answer replaced by SERVFAIL */
   uint64_t tcp_refused;     /* connections over the cap */
 } sg_dns_stats_t;
 

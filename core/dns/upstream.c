@@ -21,6 +21,7 @@
 
 typedef struct chan {
   sg_upstream_t *up;
+  uint32_t mark; /* SO_MARK of this server's sockets; 0 = none */
   sg_ares_uv_t io; /* the channel and its sockets on the loop */
   int index;
   char name[SG_ADDRSTR_MAX];
@@ -37,6 +38,7 @@ struct sg_upstream {
   chan_t chans[SG_UPSTREAM_MAX];
   int n;
   uint32_t mark;
+  unsigned char no_mark[SG_UPSTREAM_MAX];
   int closing;
   int open_handles;
 };
@@ -72,14 +74,14 @@ static void hold(void *owner, int delta) {
 }
 
 static int on_sock_config(ares_socket_t fd, int type, void *data) {
-  sg_upstream_t *up = data;
+  chan_t *c = data;
   if (type == SOCK_DGRAM)
     sg_socket_grow_rcvbuf(fd, UPSTREAM_RCVBUF);
-  if (up->mark == 0)
+  if (c->mark == 0)
     return 0;
   /* Without the mark the interception rule would send our own upstream
    * query straight back to us: refuse the socket instead. */
-  return setsockopt(fd, SOL_SOCKET, SO_MARK, &up->mark, sizeof(up->mark));
+  return setsockopt(fd, SOL_SOCKET, SO_MARK, &c->mark, sizeof(c->mark));
 }
 
 static void on_tick(uv_timer_t *t) {
@@ -174,6 +176,7 @@ static int init_chan(sg_upstream_t *up, int i, const struct sockaddr *sa,
                      uint32_t timeout_ms, char *err, size_t errlen) {
   chan_t *c = &up->chans[i];
   c->up = up;
+  c->mark = up->no_mark[i] ? 0 : up->mark;
   c->index = i;
   sg_sockaddr_str(sa, c->name, sizeof(c->name));
 
@@ -215,7 +218,7 @@ static int init_chan(sg_upstream_t *up, int i, const struct sockaddr *sa,
              ares_strerror(rc));
     return -EINVAL;
   }
-  ares_set_socket_configure_callback(c->io.ch, on_sock_config, up);
+  ares_set_socket_configure_callback(c->io.ch, on_sock_config, c);
   uv_timer_init(up->loop, &c->tick);
   c->tick.data = up;
   up->open_handles++;
@@ -237,6 +240,7 @@ int sg_upstream_new(uv_loop_t *loop, const sg_upstream_opts_t *opts,
     return -ENOMEM;
   up->loop = loop;
   up->mark = opts->mark;
+  memcpy(up->no_mark, opts->no_mark, sizeof(up->no_mark));
   for (int i = 0; i < opts->nservers; i++) {
     int rc = init_chan(up, i, (const struct sockaddr *)&opts->servers[i],
                        opts->timeout_ms, err, errlen);

@@ -25,6 +25,9 @@ typedef struct {
   int nservers;
   uint32_t timeout_ms; /* per exchange with one server */
   uint32_t mark;       /* SO_MARK on every upstream socket; 0 = none */
+  /* Servers queried without the mark (exempt nameservers: the kernel
+   * recognizes the proxy's sockets by their owner instead). */
+  unsigned char no_mark[SG_UPSTREAM_MAX];
 } sg_upstream_opts_t;
 
 /* Called once per query. On success `answer` holds the server's message

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "egress/egress.h"
 #include "util/file.h"
@@ -29,11 +30,21 @@ static const char usage[] =
     "  --script PATH          SANDGATE_EGRESS_SCRIPT: Lua policy script (policies/egress/default.lua)\n"
     "  --listen ADDR:PORT     SANDGATE_EGRESS_LISTEN (comma list): DNS listeners, repeatable\n"
     "  --no-intercept         SANDGATE_EGRESS_NO_INTERCEPT=1: do not touch the kernel ruleset\n"
-    "  --on-exit keep|remove  SANDGATE_EGRESS_ON_EXIT: what happens to the nft table on a clean stop\n"
+    "  --on-exit keep|remove  SANDGATE_EGRESS_ON_EXIT: the nft table on a clean stop (keep: fail closed)\n"
     "  --http-addr ADDR       OPENSANDBOX_EGRESS_HTTP_ADDR: policy API listener (:18080; off = none)\n"
     "  --token TOKEN          OPENSANDBOX_EGRESS_TOKEN (or _TOKEN_FILE): required API header value\n"
     "  --max-rules N          OPENSANDBOX_EGRESS_MAX_RULES: rules a policy may have (4096; 0 = no limit)\n"
-    "  --mode MODE            OPENSANDBOX_EGRESS_MODE: dns (dns+nft is not built yet)\n"
+    "  --mode MODE            OPENSANDBOX_EGRESS_MODE: dns or dns+nft (kernel filter fed by DNS answers)\n"
+    "  --block reject|drop    SANDGATE_EGRESS_BLOCK: how dns+nft blocks (reject: TCP reset / ICMP)\n"
+    "  --block-doh-443        OPENSANDBOX_EGRESS_BLOCK_DOH_443=true: block tcp/443 (to the blocklist if set)\n"
+    "  --doh-blocklist LIST   OPENSANDBOX_EGRESS_DOH_BLOCKLIST: IPs/CIDRs whose tcp/443 is blocked\n"
+    "  --nameserver-exempt L  OPENSANDBOX_EGRESS_NAMESERVER_EXEMPT: upstream IPs queried without the mark\n"
+    "  --exempt-uid UID       SANDGATE_EGRESS_EXEMPT_UID: whose sockets the exemption covers (own euid)\n"
+    "  --dyn-grace S          SANDGATE_EGRESS_DYN_GRACE: learned IP timeout = clamp(TTL+grace, min, max) (60)\n"
+    "  --dyn-min S            SANDGATE_EGRESS_DYN_MIN: (60)\n"
+    "  --dyn-max S            SANDGATE_EGRESS_DYN_MAX: (360)\n"
+    "  --nft-timeout MS       SANDGATE_EGRESS_NFT_TIMEOUT_MS: wait for the kernel's ACK, then SERVFAIL (100)\n"
+    "  --cleanup              SANDGATE_EGRESS_ON_EXIT=remove: remove the nft table on stop\n"
     "  --rules-dir DIR        SANDGATE_RULES_DIR: deny.always, allow.always, log_skip.always (/var/egress/rules)\n"
     "  --deny-webhook URL     OPENSANDBOX_EGRESS_DENY_WEBHOOK: http:// URL that gets each denied name\n"
     "  --sandbox-id ID        OPENSANDBOX_EGRESS_SANDBOX_ID: sandboxId in webhook events\n"
@@ -118,6 +129,16 @@ enum {
   OPT_RULES_DIR,
   OPT_DENY_WEBHOOK,
   OPT_SANDBOX_ID,
+  OPT_BLOCK,
+  OPT_BLOCK_DOH,
+  OPT_DOH_LIST,
+  OPT_EXEMPT,
+  OPT_EXEMPT_UID,
+  OPT_DYN_GRACE,
+  OPT_DYN_MIN,
+  OPT_DYN_MAX,
+  OPT_NFT_TIMEOUT,
+  OPT_CLEANUP,
   OPT_HELP,
 };
 
@@ -143,6 +164,16 @@ static const struct option long_opts[] = {
     {"rules-dir", required_argument, NULL, OPT_RULES_DIR},
     {"deny-webhook", required_argument, NULL, OPT_DENY_WEBHOOK},
     {"sandbox-id", required_argument, NULL, OPT_SANDBOX_ID},
+    {"block", required_argument, NULL, OPT_BLOCK},
+    {"block-doh-443", no_argument, NULL, OPT_BLOCK_DOH},
+    {"doh-blocklist", required_argument, NULL, OPT_DOH_LIST},
+    {"nameserver-exempt", required_argument, NULL, OPT_EXEMPT},
+    {"exempt-uid", required_argument, NULL, OPT_EXEMPT_UID},
+    {"dyn-grace", required_argument, NULL, OPT_DYN_GRACE},
+    {"dyn-min", required_argument, NULL, OPT_DYN_MIN},
+    {"dyn-max", required_argument, NULL, OPT_DYN_MAX},
+    {"nft-timeout", required_argument, NULL, OPT_NFT_TIMEOUT},
+    {"cleanup", no_argument, NULL, OPT_CLEANUP},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -154,6 +185,8 @@ typedef struct {
   const char *tcp_idle, *tcp_max, *script_mem, *script_timeout;
   const char *http_addr, *token, *token_file, *max_rules, *mode, *rules_dir;
   const char *deny_webhook, *sandbox_id;
+  const char *block, *block_doh, *doh_list, *exempt, *exempt_uid;
+  const char *dyn_grace, *dyn_min, *dyn_max, *nft_timeout;
   char listen_flags[1024];
 } raw_t;
 
@@ -191,6 +224,15 @@ static int collect(raw_t *r, int argc, char **argv, char *err, size_t errlen) {
   r->rules_dir = env("SANDGATE_RULES_DIR");
   r->deny_webhook = env("OPENSANDBOX_EGRESS_DENY_WEBHOOK");
   r->sandbox_id = env("OPENSANDBOX_EGRESS_SANDBOX_ID");
+  r->block = env("SANDGATE_EGRESS_BLOCK");
+  r->block_doh = env("OPENSANDBOX_EGRESS_BLOCK_DOH_443");
+  r->doh_list = env("OPENSANDBOX_EGRESS_DOH_BLOCKLIST");
+  r->exempt = env("OPENSANDBOX_EGRESS_NAMESERVER_EXEMPT");
+  r->exempt_uid = env("SANDGATE_EGRESS_EXEMPT_UID");
+  r->dyn_grace = env("SANDGATE_EGRESS_DYN_GRACE");
+  r->dyn_min = env("SANDGATE_EGRESS_DYN_MIN");
+  r->dyn_max = env("SANDGATE_EGRESS_DYN_MAX");
+  r->nft_timeout = env("SANDGATE_EGRESS_NFT_TIMEOUT_MS");
 
   optind = 1;
   opterr = 0;
@@ -229,6 +271,16 @@ static int collect(raw_t *r, int argc, char **argv, char *err, size_t errlen) {
     case OPT_RULES_DIR: r->rules_dir = optarg; break;
     case OPT_DENY_WEBHOOK: r->deny_webhook = optarg; break;
     case OPT_SANDBOX_ID: r->sandbox_id = optarg; break;
+    case OPT_BLOCK: r->block = optarg; break;
+    case OPT_BLOCK_DOH: r->block_doh = "true"; break;
+    case OPT_DOH_LIST: r->doh_list = optarg; break;
+    case OPT_EXEMPT: r->exempt = optarg; break;
+    case OPT_EXEMPT_UID: r->exempt_uid = optarg; break;
+    case OPT_DYN_GRACE: r->dyn_grace = optarg; break;
+    case OPT_DYN_MIN: r->dyn_min = optarg; break;
+    case OPT_DYN_MAX: r->dyn_max = optarg; break;
+    case OPT_NFT_TIMEOUT: r->nft_timeout = optarg; break;
+    case OPT_CLEANUP: r->on_exit = "remove"; break;
     case 'h':
     case OPT_HELP: fputs(usage, stdout); return 1;
     default:
@@ -247,6 +299,140 @@ static int collect(raw_t *r, int argc, char **argv, char *err, size_t errlen) {
   if (optind < argc) {
     snprintf(err, errlen, "unexpected argument \"%s\"", argv[optind]);
     return -EINVAL;
+  }
+  return 0;
+}
+
+/* OPENSANDBOX_EGRESS_MODE: tokens joined by "+", in any order and any
+ * case; "dns" or "dns" with "nft". Anything else is OpenSandbox's fallback:
+ * a warning and dns mode. */
+static int parse_mode(const char *mode, int *nft) {
+  *nft = 0;
+  if (!mode)
+    return 0;
+  char *copy = strdup(mode), *save = NULL;
+  if (!copy)
+    return -ENOMEM;
+  int dns = 0, with_nft = 0, other = 0;
+  for (char *t = strtok_r(copy, "+", &save); t; t = strtok_r(NULL, "+", &save)) {
+    while (*t == ' ')
+      t++;
+    size_t n = strlen(t);
+    while (n && t[n - 1] == ' ')
+      t[--n] = 0;
+    if (strcasecmp(t, "dns") == 0)
+      dns = 1;
+    else if (strcasecmp(t, "nft") == 0)
+      with_nft = 1;
+    else
+      other = 1;
+  }
+  free(copy);
+  if (!dns || other) {
+    sg_log_msg(SG_LOG_WARN, "egress.mode_invalid",
+               "OPENSANDBOX_EGRESS_MODE=\"%s\" is not dns or dns+nft; "
+               "running in dns mode",
+               mode);
+    return 0;
+  }
+  *nft = with_nft;
+  return 0;
+}
+
+/* A comma list of IPs/CIDRs into two sets ([0] IPv4, [1] IPv6). With
+ * single_ips, prefixes shorter than a host are refused. */
+static int parse_ip_list(const char *what, const char *list, int single_ips,
+                         sg_ipset_t out[2], char *err, size_t errlen) {
+  char *copy = strdup(list), *save = NULL;
+  if (!copy)
+    return -ENOMEM;
+  int rc = 0;
+  for (char *t = strtok_r(copy, ", ", &save); t && !rc;
+       t = strtok_r(NULL, ", ", &save)) {
+    sg_range_t r;
+    int fam = sg_range_parse(t, &r);
+    if (!fam || (single_ips && r.lo != r.hi)) {
+      snprintf(err, errlen, "%s: \"%s\" is not an IP address%s", what, t,
+               single_ips ? "" : " or CIDR");
+      rc = -EINVAL;
+    } else if (sg_ipset_add(&out[fam == 6], &r)) {
+      rc = -ENOMEM;
+    }
+  }
+  free(copy);
+  sg_ipset_normalize(&out[0]);
+  sg_ipset_normalize(&out[1]);
+  return rc;
+}
+
+/* The dns+nft settings (read in both modes: the exemption also shapes the
+ * interception). */
+static int parse_nft(const raw_t *r, sg_egress_config_t *c, char *err,
+                     size_t errlen) {
+  int rc;
+  unsigned long v;
+  for (int f = 0; f < 2; f++) {
+    sg_ipset_init(&c->doh[f], f ? 6 : 4);
+    sg_ipset_init(&c->exempt[f], f ? 6 : 4);
+  }
+  c->block_reject = 1;
+  if (r->block) {
+    if (strcasecmp(r->block, "reject") == 0)
+      c->block_reject = 1;
+    else if (strcasecmp(r->block, "drop") == 0)
+      c->block_reject = 0;
+    else {
+      snprintf(err, errlen, "SANDGATE_EGRESS_BLOCK: \"%s\" is not reject or drop",
+               r->block);
+      return -EINVAL;
+    }
+  }
+  if (r->doh_list &&
+      (rc = parse_ip_list("OPENSANDBOX_EGRESS_DOH_BLOCKLIST", r->doh_list, 0,
+                          c->doh, err, errlen)))
+    return rc;
+  /* OpenSandbox: blocking 443 without a list blocks all of it. */
+  c->doh_all = truthy(r->block_doh) && c->doh[0].n == 0 && c->doh[1].n == 0;
+  if (r->exempt &&
+      (rc = parse_ip_list("OPENSANDBOX_EGRESS_NAMESERVER_EXEMPT", r->exempt, 1,
+                          c->exempt, err, errlen)))
+    return rc;
+  c->exempt_uid = (uint32_t)geteuid();
+  if (r->exempt_uid) {
+    if ((rc = parse_uint("SANDGATE_EGRESS_EXEMPT_UID", r->exempt_uid, 0,
+                         4294967294ul, &v, err, errlen)))
+      return rc;
+    c->exempt_uid = (uint32_t)v;
+  }
+  struct {
+    const char *name, *raw;
+    uint32_t *out, def;
+  } secs[] = {
+      {"SANDGATE_EGRESS_DYN_GRACE", r->dyn_grace, &c->dyn_grace_s, 60},
+      {"SANDGATE_EGRESS_DYN_MIN", r->dyn_min, &c->dyn_min_s, 60},
+      {"SANDGATE_EGRESS_DYN_MAX", r->dyn_max, &c->dyn_max_s, 360},
+  };
+  for (size_t i = 0; i < sizeof(secs) / sizeof(secs[0]); i++) {
+    *secs[i].out = secs[i].def;
+    if (secs[i].raw) {
+      if ((rc = parse_uint(secs[i].name, secs[i].raw, 0, 604800, &v, err,
+                           errlen)))
+        return rc;
+      *secs[i].out = (uint32_t)v;
+    }
+  }
+  if (c->dyn_min_s < 1 || c->dyn_max_s < c->dyn_min_s) {
+    snprintf(err, errlen,
+             "SANDGATE_EGRESS_DYN_MIN/MAX: need 1 <= min <= max (got %u, %u)",
+             c->dyn_min_s, c->dyn_max_s);
+    return -EINVAL;
+  }
+  c->nft_timeout_ms = 100;
+  if (r->nft_timeout) {
+    if ((rc = parse_uint("SANDGATE_EGRESS_NFT_TIMEOUT_MS", r->nft_timeout, 1,
+                         60000, &v, err, errlen)))
+      return rc;
+    c->nft_timeout_ms = (uint32_t)v;
   }
   return 0;
 }
@@ -328,7 +514,10 @@ int sg_egress_config_load(sg_egress_config_t *c, int argc, char **argv,
   c->script = r.script ? r.script : default_script;
 
   c->intercept = !truthy(r.no_intercept);
-  c->remove_on_exit = 1;
+  /* Keep by default: with the redirect (and in dns+nft the filter) left in
+   * place, a sandbox whose sidecar is gone has no DNS and no new
+   * connections, rather than an open network. */
+  c->remove_on_exit = 0;
   if (r.on_exit) {
     if (strcasecmp(r.on_exit, "remove") == 0)
       c->remove_on_exit = 1;
@@ -416,15 +605,11 @@ int sg_egress_config_load(sg_egress_config_t *c, int argc, char **argv,
   c->rules_dir = r.rules_dir ? r.rules_dir : "/var/egress/rules";
   c->deny_webhook = r.deny_webhook;
   c->sandbox_id = r.sandbox_id;
-  c->enforcement = "dns";
-  if (r.mode && strcasecmp(r.mode, "dns") != 0) {
-    /* OpenSandbox falls back to dns on a value it does not know. dns+nft
-     * is a valid value that this version cannot enforce yet: say so. */
-    sg_log_msg(SG_LOG_WARN, "egress.mode_unsupported",
-               "OPENSANDBOX_EGRESS_MODE=\"%s\": only dns is implemented in "
-               "this version; running in dns mode",
-               r.mode);
-  }
+  if ((rc = parse_mode(r.mode, &c->nft)))
+    return rc;
+  c->enforcement = c->nft ? "dns+nft" : "dns";
+  if ((rc = parse_nft(&r, c, err, errlen)))
+    return rc;
 
   c->script_timeout_ms = 100;
   if (r.script_timeout) {
@@ -437,6 +622,10 @@ int sg_egress_config_load(sg_egress_config_t *c, int argc, char **argv,
 }
 
 void sg_egress_config_free(sg_egress_config_t *c) {
+  for (int f = 0; f < 2; f++) {
+    sg_ipset_free(&c->doh[f]);
+    sg_ipset_free(&c->exempt[f]);
+  }
   free(c->rules_owned);
   c->rules_owned = NULL;
   free(c->token);

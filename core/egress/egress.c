@@ -13,11 +13,16 @@
 #include "dns/upstream.h"
 #include "egress/api.h"
 #include "egress/webhook.h"
+#include "nft/dynset.h"
 #include "nft/intercept.h"
 #include "script/vm.h"
 #include "util/file.h"
 #include "util/log.h"
 #include "util/sockaddr.h"
+
+/* The most addresses each DNS-learned set holds; an answer whose
+ * addresses do not fit gets SERVFAIL. */
+#define DYN_SET_SIZE 65536
 
 /* A burst of file events (an editor writing, renaming, touching) becomes
  * one reload after this quiet period. */
@@ -33,6 +38,9 @@ typedef struct {
   sg_egress_api_t *api;
   sg_webhook_t *webhook;
   int intercept_installed;
+  sg_nft_filter_opts_t fopts; /* dns+nft: how the filter was built */
+  sg_dynset_t *dynset;        /* dns+nft: the DNS-learned allow sets */
+  uint64_t nft_updates, nft_update_failures;
   uv_signal_t sighup, sigterm, sigint;
   uv_fs_event_t watch;
   uv_timer_t debounce;
@@ -121,6 +129,46 @@ static int decide(void *ctx, const sg_dns_request_t *r) {
   return v.rcode;
 }
 
+/* The most addresses of one answer that go into the sets; an answer with
+ * more is refused (SERVFAIL) rather than relayed with addresses the filter
+ * would drop. */
+#define MAX_ANSWER_ADDRS 256
+
+static void on_addrs_allowed(void *arg, int ok) {
+  sg_dns_server_release(arg, ok);
+}
+
+/* dns+nft: the addresses of an allowed answer go into the allow sets before
+ * the answer is released. */
+static int on_answer(void *ctx, const uint8_t *answer, size_t len,
+                     sg_dns_held_t *held) {
+  egress_t *e = ctx;
+  if (!e->dynset)
+    return SG_DNS_RELEASE;
+  sg_dns_addr_t found[MAX_ANSWER_ADDRS];
+  int n = sg_dns_answer_addrs(answer, len, found, MAX_ANSWER_ADDRS);
+  if (n == 0)
+    return SG_DNS_RELEASE;
+  if (n < 0 || n > MAX_ANSWER_ADDRS) {
+    sg_log_msg(SG_LOG_WARN, "nft.answer_refused",
+               n < 0 ? "an upstream answer could not be read for its "
+                       "addresses: SERVFAIL"
+                     : "an upstream answer has more than 256 addresses: "
+                       "SERVFAIL");
+    return SG_DNS_REFUSE;
+  }
+  sg_dynset_addr_t addrs[MAX_ANSWER_ADDRS];
+  for (int i = 0; i < n; i++) {
+    addrs[i].family = found[i].family == AF_INET ? 4 : 6;
+    memcpy(addrs[i].addr, found[i].addr, sizeof(addrs[i].addr));
+    addrs[i].ttl = found[i].ttl;
+  }
+  int rc = sg_dynset_allow(e->dynset, addrs, (size_t)n, on_addrs_allowed, held);
+  if (rc < 0)
+    return SG_DNS_REFUSE;
+  return rc ? SG_DNS_HOLD : SG_DNS_RELEASE;
+}
+
 /* Builds a VM from a script source and a document. */
 static int build_vm_from(egress_t *e, const char *src, size_t len,
                          const char *name, const char *policy_json,
@@ -136,6 +184,7 @@ static int build_vm_from(egress_t *e, const char *src, size_t len,
       .policy_len = policy_json ? strlen(policy_json) : 0,
       .mem_limit = e->cfg.script_mem,
       .call_budget_ms = e->cfg.script_timeout_ms,
+      .want_statics = e->cfg.nft,
   };
   return sg_vm_new_egress(&o, out, err, errlen);
 }
@@ -163,6 +212,26 @@ static void swap_in(egress_t *e, sg_vm_t *vm, char *src, size_t len) {
   malloc_trim(0);
 }
 
+/* dns+nft: moves the kernel's static sets and chain policy from what the
+ * running VM put there to what vm wants, in one transaction. Returns 0 (also
+ * when nothing changed or there is no filter), or a negative errno with err
+ * set: the kernel then still enforces the running VM's sets. */
+static int nft_follow(egress_t *e, const sg_vm_t *from, const sg_vm_t *to,
+                      char *err, size_t errlen) {
+  if (!e->cfg.nft || !e->intercept_installed)
+    return 0;
+  const sg_nft_static_t *a = sg_vm_statics(from), *b = sg_vm_statics(to);
+  if (!a || !b || sg_nft_static_equal(a, b))
+    return 0;
+  int rc = sg_nft_filter_update(&e->fopts, a, b, err, errlen);
+  if (rc) {
+    e->nft_update_failures++;
+    return rc;
+  }
+  e->nft_updates++;
+  return 0;
+}
+
 /* Reloads the script with the current document: the file again when the
  * script has one, else the uploaded source. The new VM replaces the old one
  * only when it loaded completely; otherwise nothing changes. */
@@ -178,6 +247,8 @@ static void reload(egress_t *e, const char *trigger) {
   if (!rc)
     rc =
         build_vm_from(e, src, len, name, e->policy_json, &vm, err, sizeof(err));
+  if (!rc && (rc = nft_follow(e, e->vm, vm, err, sizeof(err))))
+    sg_vm_unref(vm);
   if (rc) {
     if (src != e->script_src)
       free(src);
@@ -221,6 +292,65 @@ static int script_changed(egress_t *e) {
 static void remember_script(egress_t *e) {
   if (!e->script_path || stat(e->script_path, &e->script_seen) != 0)
     memset(&e->script_seen, 0, sizeof(e->script_seen));
+}
+
+/* dns+nft: the kernel round trips of the learned addresses. */
+static void write_nft_metrics(egress_t *e, FILE *f) {
+  const sg_dynset_stats_t *d = sg_dynset_stats(e->dynset);
+  const sg_dns_stats_t *s = sg_dns_server_stats(e->server);
+  fprintf(f,
+          "# HELP sandgate_nft_adds_total Batches adding learned addresses "
+          "to the allow sets, by outcome.\n"
+          "# TYPE sandgate_nft_adds_total counter\n"
+          "sandgate_nft_adds_total{result=\"ok\"} %llu\n"
+          "sandgate_nft_adds_total{result=\"refused\"} %llu\n"
+          "sandgate_nft_adds_total{result=\"timeout\"} %llu\n"
+          "# HELP sandgate_nft_elements_total Learned addresses sent to the "
+          "kernel.\n"
+          "# TYPE sandgate_nft_elements_total counter\n"
+          "sandgate_nft_elements_total %llu\n"
+          "# HELP sandgate_nft_fresh_total Learned addresses already in a set "
+          "with more than half their timeout left (nothing sent).\n"
+          "# TYPE sandgate_nft_fresh_total counter\n"
+          "sandgate_nft_fresh_total %llu\n"
+          "# HELP sandgate_nft_joined_total Addresses that waited for another "
+          "answer's add still in flight.\n"
+          "# TYPE sandgate_nft_joined_total counter\n"
+          "sandgate_nft_joined_total %llu\n"
+          "# HELP sandgate_nft_learned Addresses the dynamic sets hold.\n"
+          "# TYPE sandgate_nft_learned gauge\n"
+          "sandgate_nft_learned %llu\n"
+          "# HELP sandgate_nft_servfail_total Answers replaced by SERVFAIL "
+          "because the kernel did not confirm their addresses.\n"
+          "# TYPE sandgate_nft_servfail_total counter\n"
+          "sandgate_nft_servfail_total %llu\n"
+          "# HELP sandgate_nft_updates_total Policy changes applied to the "
+          "static sets, by result.\n"
+          "# TYPE sandgate_nft_updates_total counter\n"
+          "sandgate_nft_updates_total{result=\"ok\"} %llu\n"
+          "sandgate_nft_updates_total{result=\"failed\"} %llu\n"
+          "# HELP sandgate_nft_ack_seconds Time from sending a batch of "
+          "learned addresses to the kernel's last acknowledgement.\n"
+          "# TYPE sandgate_nft_ack_seconds histogram\n",
+          (unsigned long long)d->batches_ok,
+          (unsigned long long)d->batches_refused,
+          (unsigned long long)d->batches_timeout,
+          (unsigned long long)d->elements, (unsigned long long)d->fresh,
+          (unsigned long long)d->joined, (unsigned long long)d->entries,
+          (unsigned long long)s->refused, (unsigned long long)e->nft_updates,
+          (unsigned long long)e->nft_update_failures);
+  uint64_t cum = 0;
+  for (int i = 0; i < SG_DYNSET_ACK_BUCKETS; i++) {
+    cum += d->ack_bucket[i];
+    fprintf(f, "sandgate_nft_ack_seconds_bucket{le=\"%g\"} %llu\n",
+            sg_dynset_ack_le[i], (unsigned long long)cum);
+  }
+  fprintf(f,
+          "sandgate_nft_ack_seconds_bucket{le=\"+Inf\"} %llu\n"
+          "sandgate_nft_ack_seconds_sum %.9f\n"
+          "sandgate_nft_ack_seconds_count %llu\n",
+          (unsigned long long)d->ack_count, d->ack_sum_seconds,
+          (unsigned long long)d->ack_count);
 }
 
 /* The plane's part of /metrics, in Prometheus text format. */
@@ -321,6 +451,8 @@ static void write_metrics(void *ctx, FILE *f) {
           (unsigned long long)e->reloads,
           (unsigned long long)e->reload_failures,
           (unsigned long long)e->script_errors, sg_vm_mem_used(e->vm));
+  if (e->dynset)
+    write_nft_metrics(e, f);
 }
 
 /* Reads the three always-lists into texts[] (NULL for a file that does not
@@ -361,7 +493,10 @@ static void on_always_debounce(uv_timer_t *t) {
     memcpy(old, e->always_text, sizeof(old));
     memcpy(e->always_text, texts, sizeof(texts));
     sg_vm_t *vm;
-    if (build_vm(e, e->policy_json, &vm, err, sizeof(err)) == 0) {
+    int rc = build_vm(e, e->policy_json, &vm, err, sizeof(err));
+    if (!rc && (rc = nft_follow(e, e->vm, vm, err, sizeof(err))))
+      sg_vm_unref(vm);
+    if (rc == 0) {
       for (int i = 0; i < 3; i++)
         free(old[i]);
       swap_in(e, vm, e->script_src, e->script_len);
@@ -416,10 +551,19 @@ static int apply_doc(void *ctx, const char *doc, char *err, size_t errlen) {
     snprintf(err, errlen, "out of memory");
     return -ENOMEM;
   }
+  int rc = nft_follow(e, e->vm, vm, err, errlen);
+  if (rc) {
+    free(copy);
+    sg_vm_unref(vm);
+    return -EIO;
+  }
   if (e->cfg.policy_file) {
-    int rc =
+    rc =
         sg_file_write_atomic(e->cfg.policy_file, doc, strlen(doc), err, errlen);
     if (rc) {
+      /* Back to the running policy's sets: nothing changed. */
+      char nerr[256];
+      nft_follow(e, vm, e->vm, nerr, sizeof(nerr));
       free(copy);
       sg_vm_unref(vm);
       return rc == -EINVAL ? -EIO : rc;
@@ -475,6 +619,10 @@ static void stop(egress_t *e, const char *why) {
   e->api = NULL;
   sg_webhook_close(e->webhook);
   e->webhook = NULL;
+  /* Answers still waiting for the kernel get SERVFAIL: nothing is released
+   * that the kernel did not confirm. */
+  sg_dynset_close(e->dynset);
+  e->dynset = NULL;
   sg_dns_server_close(e->server);
   e->server = NULL;
   sg_upstream_close(e->upstream);
@@ -630,9 +778,17 @@ static int apply_script(void *ctx, const char *src, size_t len, char *err,
   }
   memcpy(copy, src, len);
   copy[len] = 0;
+  int rc = nft_follow(e, e->vm, vm, err, errlen);
+  if (rc) {
+    free(copy);
+    sg_vm_unref(vm);
+    return -EIO;
+  }
   if (e->script_store) {
-    int rc = sg_file_write_atomic(e->script_store, src, len, err, errlen);
+    rc = sg_file_write_atomic(e->script_store, src, len, err, errlen);
     if (rc) {
+      char nerr[256];
+      nft_follow(e, vm, e->vm, nerr, sizeof(nerr));
       free(copy);
       sg_vm_unref(vm);
       return rc == -EINVAL ? -EIO : rc;
@@ -664,6 +820,23 @@ static void egress_free(egress_t *e) {
   sg_egress_config_free(&e->cfg);
 }
 
+/* An upstream whose address is an exempt nameserver. */
+static int is_exempt(const sg_egress_config_t *c,
+                     const struct sockaddr_storage *ss) {
+  sg_range_t r;
+  char ip[SG_ADDRSTR_MAX];
+  if (!sg_sockaddr_ip((const struct sockaddr *)ss, ip, sizeof(ip)))
+    return 0;
+  int fam = sg_range_parse(ip, &r);
+  if (!fam)
+    return 0;
+  const sg_ipset_t *set = &c->exempt[fam == 6];
+  for (size_t i = 0; i < set->n; i++)
+    if (r.lo >= set->r[i].lo && r.lo <= set->r[i].hi)
+      return 1;
+  return 0;
+}
+
 int sg_egress_main(int argc, char **argv) {
   egress_t e;
   memset(&e, 0, sizeof(e));
@@ -678,6 +851,16 @@ int sg_egress_main(int argc, char **argv) {
     return 2;
   }
   sg_log_set_level((sg_log_level_t)e.cfg.log_level);
+  if (e.cfg.nft && !e.cfg.intercept) {
+    sg_log_msg(SG_LOG_ERROR, "egress.bad_config",
+               "dns+nft installs its filter with the DNS interception: it "
+               "cannot run with --no-intercept");
+    fprintf(stderr, "sandgate egress: dns+nft cannot run with "
+                    "--no-intercept (the filter is installed with the "
+                    "interception)\n");
+    sg_egress_config_free(&e.cfg);
+    return 2;
+  }
   e.loop = uv_default_loop();
 
   /* The script: an upload persisted by an earlier run wins over the
@@ -728,6 +911,8 @@ int sg_egress_main(int argc, char **argv) {
       .mark = e.cfg.intercept ? 0x1 : 0,
   };
   memcpy(uo.servers, e.cfg.upstreams, sizeof(uo.servers));
+  for (int i = 0; i < e.cfg.nupstreams; i++)
+    uo.no_mark[i] = is_exempt(&e.cfg, &e.cfg.upstreams[i]);
   if ((rc = sg_upstream_new(e.loop, &uo, &e.upstream, err, sizeof(err)))) {
     sg_log_msg(SG_LOG_ERROR, "egress.start_failed", "%s", err);
     goto fail;
@@ -756,6 +941,7 @@ int sg_egress_main(int argc, char **argv) {
       .upstream = e.upstream,
       .decide = decide,
       .decide_ctx = &e,
+      .on_answer = e.cfg.nft ? on_answer : NULL,
   };
   memcpy(so.listen, e.cfg.listen, sizeof(so.listen));
   if ((rc = sg_dns_server_start(e.loop, &so, &e.server, err, sizeof(err)))) {
@@ -767,7 +953,29 @@ int sg_egress_main(int argc, char **argv) {
     sg_nft_intercept_opts_t no = {
         .redirect_port = sg_sockaddr_port((struct sockaddr *)&e.cfg.listen[0]),
         .bypass_mark = 0x1,
+        .exempt = e.cfg.exempt,
+        .exempt_uid = e.cfg.exempt_uid,
     };
+    if (e.cfg.nft) {
+      e.fopts = (sg_nft_filter_opts_t){
+          .reject = e.cfg.block_reject,
+          .doh_all = e.cfg.doh_all,
+          .doh = {e.cfg.doh[0], e.cfg.doh[1]},
+          .dyn_size = DYN_SET_SIZE,
+      };
+      no.filter = &e.fopts;
+      no.statics = sg_vm_statics(e.vm);
+      sg_dynset_opts_t dopts = {
+          .grace_s = e.cfg.dyn_grace_s,
+          .min_s = e.cfg.dyn_min_s,
+          .max_s = e.cfg.dyn_max_s,
+          .ack_timeout_ms = e.cfg.nft_timeout_ms,
+      };
+      if ((rc = sg_dynset_new(e.loop, &dopts, &e.dynset, err, sizeof(err)))) {
+        sg_log_msg(SG_LOG_ERROR, "egress.start_failed", "dns+nft: %s", err);
+        goto fail;
+      }
+    }
     if ((rc = sg_nft_intercept_install(&no, err, sizeof(err)))) {
       sg_log_msg(SG_LOG_ERROR, "egress.start_failed",
                  "cannot intercept DNS: %s", err);
@@ -855,6 +1063,7 @@ int sg_egress_main(int argc, char **argv) {
 
 fail:
   e.stopping = 1;
+  sg_dynset_close(e.dynset);
   sg_webhook_close(e.webhook);
   if (e.intercept_installed) {
     /* Never leave a redirect to a proxy that is not there. */

@@ -11,6 +11,7 @@
 
 #include "dns/server.h"
 #include "dns/upstream.h"
+#include "nft/ipset.h"
 
 typedef struct {
   struct sockaddr_storage listen[SG_DNS_SERVER_MAX_LISTEN];
@@ -36,7 +37,15 @@ typedef struct {
   struct sockaddr_storage api_listen;
   char *token; /* NULL: the API needs no token */
   long max_rules;
-  const char *enforcement; /* "dns" (dns+nft is not built yet) */
+  const char *enforcement; /* "dns" or "dns+nft" */
+  int nft;                 /* dns+nft: the kernel filter */
+  int block_reject;        /* reject (1) or drop (0) what the filter blocks */
+  int doh_all;             /* tcp/443 blocked everywhere */
+  sg_ipset_t doh[2];       /* tcp/443 blocked to these */
+  sg_ipset_t exempt[2];    /* exempt nameservers */
+  uint32_t exempt_uid;
+  uint32_t dyn_grace_s, dyn_min_s, dyn_max_s;
+  uint32_t nft_timeout_ms;
   const char *rules_dir;   /* deny.always, allow.always, log_skip.always */
   const char *deny_webhook; /* NULL: no webhook */
   const char *sandbox_id;

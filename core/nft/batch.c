@@ -46,9 +46,20 @@ struct sg_nft_batch {
   uint32_t seq_begin; /* message i has seq_begin + 1 + i, END the next one */
   int count;
   bool sent;
+  /* What the kernel answered so far (allocated when sent). */
+  int *err;       /* per message: 0 or negative errno, once answered */
+  bool *answered; /* per message */
+  int pending;    /* messages still unanswered */
+  int frame_err;  /* negative errno of a refusal of the whole batch */
 };
 
 sg_nft_batch_t *sg_nft_batch_new(void) {
+  /* Sequence numbers only need to be unique on our own socket, which lives
+   * for one send; the time just makes them tell runs apart in a trace. */
+  return sg_nft_batch_new_at((uint32_t)time(NULL));
+}
+
+sg_nft_batch_t *sg_nft_batch_new_at(uint32_t seq) {
   sg_nft_batch_t *b = calloc(1, sizeof(*b));
   if (!b)
     return NULL;
@@ -57,9 +68,7 @@ sg_nft_batch_t *sg_nft_batch_new(void) {
     free(b);
     return NULL;
   }
-  /* Sequence numbers only need to be unique on our own socket, which lives
-   * for one send; the time just makes them tell runs apart in a trace. */
-  b->seq_begin = (uint32_t)time(NULL);
+  b->seq_begin = seq;
   nftnl_batch_begin(nftnl_batch_buffer(b->nb), b->seq_begin);
   if (nftnl_batch_update(b->nb) < 0) {
     nftnl_batch_free(b->nb);
@@ -73,6 +82,8 @@ void sg_nft_batch_free(sg_nft_batch_t *b) {
   if (!b)
     return;
   nftnl_batch_free(b->nb);
+  free(b->err);
+  free(b->answered);
   free(b);
 }
 
@@ -145,35 +156,61 @@ int sg_nft_batch_add_setelems(sg_nft_batch_t *b, uint16_t type, uint16_t flags,
   return end_msg(b);
 }
 
-/* What the kernel answered so far, filled in by on_error. */
-typedef struct {
-  const sg_nft_batch_t *b;
-  int *err;       /* per message: 0 or negative errno, once answered */
-  bool *answered; /* per message */
-  int pending;    /* messages still unanswered */
-  int frame_err;  /* negative errno of a refusal of the whole batch */
-} acks_t;
+uint32_t sg_nft_batch_seq_end(const sg_nft_batch_t *b) {
+  return b->seq_begin + 1 + (uint32_t)b->count;
+}
+
+int sg_nft_batch_feed(sg_nft_batch_t *b, uint32_t seq, int error) {
+  if (!b->sent || !b->err)
+    return 0;
+  if (error > 0)
+    error = -error;
+  uint32_t rel = seq - b->seq_begin; /* 0 is BEGIN */
+  if (rel == 0 || rel == (uint32_t)b->count + 1) {
+    if (error != 0)
+      b->frame_err = error;
+  } else if (rel <= (uint32_t)b->count) {
+    int i = (int)rel - 1;
+    if (!b->answered[i]) {
+      b->answered[i] = true;
+      b->err[i] = error;
+      b->pending--;
+    }
+  } else {
+    return 0; /* not about this batch */
+  }
+  return b->pending == 0 || b->frame_err != 0;
+}
+
+int sg_nft_batch_result(const sg_nft_batch_t *b, int *failed_index) {
+  int where_dummy;
+  int *where = failed_index ? failed_index : &where_dummy;
+  if (b->frame_err) {
+    *where = SG_NFT_BATCH_AT_FRAME;
+    return b->frame_err;
+  }
+  /* The first refusal is the cause; later ones are mostly its echo. */
+  for (int i = 0; i < b->count; i++) {
+    if (b->answered[i] && b->err[i]) {
+      *where = i;
+      return b->err[i];
+    }
+  }
+  if (b->pending > 0) {
+    *where = SG_NFT_BATCH_AT_IO;
+    return -ETIMEDOUT;
+  }
+  return 0;
+}
 
 static int on_error(const struct nlmsghdr *nlh, void *data) {
-  acks_t *a = data;
+  sg_nft_batch_t *b = data;
   if (mnl_nlmsg_get_payload_len(nlh) < sizeof(struct nlmsgerr)) {
     errno = EBADMSG;
     return MNL_CB_ERROR;
   }
   const struct nlmsgerr *e = mnl_nlmsg_get_payload(nlh);
-  uint32_t rel = nlh->nlmsg_seq - a->b->seq_begin; /* 0 is BEGIN */
-  if (rel == 0 || rel == (uint32_t)a->b->count + 1) {
-    if (e->error != 0)
-      a->frame_err = e->error < 0 ? e->error : -e->error;
-  } else if (rel <= (uint32_t)a->b->count) {
-    int i = (int)rel - 1;
-    if (!a->answered[i]) {
-      a->answered[i] = true;
-      a->err[i] = e->error <= 0 ? e->error : -e->error;
-      a->pending--;
-    }
-  }
-  /* Anything else is not about this batch: ignore it. */
+  sg_nft_batch_feed(b, nlh->nlmsg_seq, e->error);
   return MNL_CB_OK;
 }
 
@@ -239,7 +276,7 @@ static int send_batch(struct mnl_socket *nl, struct iovec *iov, int iovlen) {
 }
 
 /* Reads answers until every message has one or the batch was refused. */
-static int read_acks(struct mnl_socket *nl, acks_t *a) {
+static int read_acks(struct mnl_socket *nl, sg_nft_batch_t *a) {
   char *buf = malloc(MSG_MAX_BYTES);
   if (!buf)
     return -ENOMEM;
@@ -266,38 +303,73 @@ static int read_acks(struct mnl_socket *nl, acks_t *a) {
   return rc;
 }
 
+/* Closes the batch and allocates the answer bookkeeping. */
+static int finish(sg_nft_batch_t *b) {
+  if (b->sent || b->count == 0)
+    return -EINVAL;
+  b->sent = true;
+  nftnl_batch_end(nftnl_batch_buffer(b->nb), sg_nft_batch_seq_end(b));
+  if (nftnl_batch_update(b->nb) < 0)
+    return -ENOMEM;
+  b->err = calloc((size_t)b->count, sizeof(int));
+  b->answered = calloc((size_t)b->count, sizeof(bool));
+  b->pending = b->count;
+  return b->err && b->answered ? 0 : -ENOMEM;
+}
+
+/* The batch as an iovec (allocated) and its size in bytes. */
+static struct iovec *batch_iov(sg_nft_batch_t *b, int *iovlen, size_t *bytes) {
+  *iovlen = nftnl_batch_iovec_len(b->nb);
+  struct iovec *iov = calloc((size_t)*iovlen, sizeof(*iov));
+  if (!iov)
+    return NULL;
+  nftnl_batch_iovec(b->nb, iov, (uint32_t)*iovlen);
+  *bytes = 0;
+  for (int i = 0; i < *iovlen; i++)
+    *bytes += iov[i].iov_len;
+  return iov;
+}
+
+int sg_nft_batch_send_on(sg_nft_batch_t *b, int fd) {
+  int rc = finish(b);
+  if (rc < 0)
+    return rc;
+  int iovlen;
+  size_t bytes;
+  struct iovec *iov = batch_iov(b, &iovlen, &bytes);
+  if (!iov)
+    return -ENOMEM;
+  struct sockaddr_nl snl = {.nl_family = AF_NETLINK};
+  struct msghdr msg = {
+      .msg_name = &snl,
+      .msg_namelen = sizeof(snl),
+      .msg_iov = iov,
+      .msg_iovlen = (size_t)iovlen,
+  };
+  ssize_t n;
+  do
+    n = sendmsg(fd, &msg, 0);
+  while (n < 0 && errno == EINTR);
+  free(iov);
+  return n < 0 ? -errno : 0;
+}
+
 int sg_nft_batch_send(sg_nft_batch_t *b, int *failed_index) {
   int where_dummy;
   int *where = failed_index ? failed_index : &where_dummy;
   *where = SG_NFT_BATCH_AT_IO;
-  if (b->sent || b->count == 0)
-    return -EINVAL;
-  b->sent = true;
+  int rc = finish(b);
+  if (rc < 0)
+    return rc;
 
-  nftnl_batch_end(nftnl_batch_buffer(b->nb),
-                  b->seq_begin + 1 + (uint32_t)b->count);
-  if (nftnl_batch_update(b->nb) < 0)
-    return -ENOMEM;
-
-  int iovlen = nftnl_batch_iovec_len(b->nb);
-  struct iovec *iov = calloc((size_t)iovlen, sizeof(*iov));
-  acks_t a = {
-      .b = b,
-      .err = calloc((size_t)b->count, sizeof(int)),
-      .answered = calloc((size_t)b->count, sizeof(bool)),
-      .pending = b->count,
-  };
+  int iovlen;
+  size_t bytes;
+  struct iovec *iov = batch_iov(b, &iovlen, &bytes);
   struct mnl_socket *nl = NULL;
-  int rc;
-  if (!iov || !a.err || !a.answered) {
+  if (!iov) {
     rc = -ENOMEM;
     goto out;
   }
-  nftnl_batch_iovec(b->nb, iov, (uint32_t)iovlen);
-  size_t bytes = 0;
-  for (int i = 0; i < iovlen; i++)
-    bytes += iov[i].iov_len;
-
   rc = open_socket(b, bytes, &nl);
   if (rc < 0) {
     *where = SG_NFT_BATCH_AT_SOCKET;
@@ -306,30 +378,14 @@ int sg_nft_batch_send(sg_nft_batch_t *b, int *failed_index) {
   rc = send_batch(nl, iov, iovlen);
   if (rc < 0)
     goto out;
-  rc = read_acks(nl, &a);
+  rc = read_acks(nl, b);
   if (rc < 0)
     goto out;
-
-  if (a.frame_err) {
-    *where = SG_NFT_BATCH_AT_FRAME;
-    rc = a.frame_err;
-    goto out;
-  }
-  /* The first refusal is the cause; later ones are mostly its echo. */
-  for (int i = 0; i < b->count; i++) {
-    if (a.err[i]) {
-      *where = i;
-      rc = a.err[i];
-      goto out;
-    }
-  }
-  rc = 0;
+  rc = sg_nft_batch_result(b, where);
 
 out:
   if (nl)
     mnl_socket_close(nl);
   free(iov);
-  free(a.err);
-  free(a.answered);
   return rc;
 }

@@ -51,6 +51,10 @@ enum {
 
 /* NULL when out of memory. */
 sg_nft_batch_t *sg_nft_batch_new(void);
+/* The same, with the sequence numbers starting at seq (BEGIN gets seq,
+ * message i seq + 1 + i, END the next one): for batches sent one after the
+ * other on one long-lived socket, whose answers must not be confused. */
+sg_nft_batch_t *sg_nft_batch_new_at(uint32_t seq);
 void sg_nft_batch_free(sg_nft_batch_t *b);
 
 /* Append one message. type is the NFT_MSG_* command (NEWTABLE, DELTABLE,
@@ -88,5 +92,24 @@ int sg_nft_batch_count(const sg_nft_batch_t *b);
  * unanswered for SG_NFT_BATCH_TIMEOUT_MS. A batch can be sent only once;
  * -EINVAL when it is empty or already sent. */
 int sg_nft_batch_send(sg_nft_batch_t *b, int *failed_index);
+
+/* Asynchronous use, on a socket the caller owns (a bound, non-blocking
+ * NETLINK_NETFILTER socket polled by its event loop):
+ *
+ *   sg_nft_batch_send_on(b, fd);               // one sendmsg, no waiting
+ *   ... for each NLMSG_ERROR read from fd:
+ *   if (sg_nft_batch_feed(b, seq, error))      // 1: the batch is complete
+ *     rc = sg_nft_batch_result(b, &where);
+ *
+ * sg_nft_batch_send_on returns 0 or a negative errno (the batch can then
+ * not have been applied). sg_nft_batch_seq_end is the last sequence number
+ * of the batch (END): answers with seq_begin..seq_end belong to it.
+ * sg_nft_batch_feed ignores answers that are not about b. Before the batch
+ * is complete, sg_nft_batch_result returns -ETIMEDOUT with
+ * SG_NFT_BATCH_AT_IO. */
+int sg_nft_batch_send_on(sg_nft_batch_t *b, int fd);
+uint32_t sg_nft_batch_seq_end(const sg_nft_batch_t *b);
+int sg_nft_batch_feed(sg_nft_batch_t *b, uint32_t seq, int error);
+int sg_nft_batch_result(const sg_nft_batch_t *b, int *failed_index);
 
 #endif

@@ -15,12 +15,14 @@
 #include <libnftnl/chain.h>
 #include <libnftnl/expr.h>
 #include <libnftnl/rule.h>
+#include <libnftnl/set.h>
 #include <libnftnl/table.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netlink.h>
 
 #include "nft/batch.h"
+#include "nft/build.h"
 
 /* Priority of the chain: NF_IP_PRI_NAT_DST, where nft's `dstnat` is, so the
  * redirect happens where a destination NAT on output is expected. */
@@ -44,149 +46,85 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
   va_end(ap);
 }
 
-static struct nftnl_table *new_table(void) {
-  struct nftnl_table *t = nftnl_table_alloc();
-  if (!t)
-    return NULL;
-  nftnl_table_set_u32(t, NFTNL_TABLE_FAMILY, NFPROTO_INET);
-  if (nftnl_table_set_str(t, NFTNL_TABLE_NAME, SG_NFT_TABLE) < 0) {
-    nftnl_table_free(t);
-    return NULL;
-  }
-  return t;
-}
-
-static struct nftnl_chain *new_chain(void) {
-  struct nftnl_chain *c = nftnl_chain_alloc();
-  if (!c)
-    return NULL;
-  nftnl_chain_set_u32(c, NFTNL_CHAIN_FAMILY, NFPROTO_INET);
-  nftnl_chain_set_u32(c, NFTNL_CHAIN_HOOKNUM, NF_INET_LOCAL_OUT);
-  nftnl_chain_set_s32(c, NFTNL_CHAIN_PRIO, CHAIN_PRIORITY);
-  if (nftnl_chain_set_str(c, NFTNL_CHAIN_TABLE, SG_NFT_TABLE) < 0 ||
-      nftnl_chain_set_str(c, NFTNL_CHAIN_NAME, SG_NFT_INTERCEPT_CHAIN) < 0 ||
-      nftnl_chain_set_str(c, NFTNL_CHAIN_TYPE, "nat") < 0) {
-    nftnl_chain_free(c);
-    return NULL;
-  }
-  return c;
-}
-
-/* Rule building: each add_* appends one expression to r and returns false
- * when out of memory; the rule owns the expressions it was given. */
-
-static struct nftnl_expr *new_expr(struct nftnl_rule *r, const char *name) {
-  struct nftnl_expr *e = nftnl_expr_alloc(name);
-  if (e)
-    nftnl_rule_add_expr(r, e);
-  return e;
-}
-
-/* reg1 = meta <key> */
-static bool add_meta(struct nftnl_rule *r, uint32_t key) {
-  struct nftnl_expr *e = new_expr(r, "meta");
-  if (!e)
-    return false;
-  nftnl_expr_set_u32(e, NFTNL_EXPR_META_KEY, key);
-  nftnl_expr_set_u32(e, NFTNL_EXPR_META_DREG, NFT_REG_1);
-  return true;
-}
-
-/* reg1 = <len> bytes of the transport header at <offset> */
-static bool add_transport_payload(struct nftnl_rule *r, uint32_t offset,
-                                  uint32_t len) {
-  struct nftnl_expr *e = new_expr(r, "payload");
-  if (!e)
-    return false;
-  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_BASE, NFT_PAYLOAD_TRANSPORT_HEADER);
-  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_OFFSET, offset);
-  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_LEN, len);
-  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_DREG, NFT_REG_1);
-  return true;
-}
-
-/* stop the rule unless reg1 == data */
-static bool add_cmp_eq(struct nftnl_rule *r, const void *data, uint32_t len) {
-  struct nftnl_expr *e = new_expr(r, "cmp");
-  if (!e)
-    return false;
-  nftnl_expr_set_u32(e, NFTNL_EXPR_CMP_SREG, NFT_REG_1);
-  nftnl_expr_set_u32(e, NFTNL_EXPR_CMP_OP, NFT_CMP_EQ);
-  return nftnl_expr_set(e, NFTNL_EXPR_CMP_DATA, data, len) == 0;
-}
-
-static struct nftnl_rule *new_rule(void) {
-  struct nftnl_rule *r = nftnl_rule_alloc();
-  if (!r)
-    return NULL;
-  nftnl_rule_set_u32(r, NFTNL_RULE_FAMILY, NFPROTO_INET);
-  if (nftnl_rule_set_str(r, NFTNL_RULE_TABLE, SG_NFT_TABLE) < 0 ||
-      nftnl_rule_set_str(r, NFTNL_RULE_CHAIN, SG_NFT_INTERCEPT_CHAIN) < 0) {
-    nftnl_rule_free(r);
-    return NULL;
-  }
-  return r;
-}
-
-/* meta mark <mark> return: the proxy marks its own upstream queries, which
- * go to port 53 too and must not come back to it. */
-static struct nftnl_rule *bypass_rule(uint32_t mark) {
-  struct nftnl_rule *r = new_rule();
-  if (!r)
-    return NULL;
-  struct nftnl_expr *verdict;
-  /* The mark is compared in host byte order, as the kernel keeps it. */
-  if (!add_meta(r, NFT_META_MARK) || !add_cmp_eq(r, &mark, sizeof(mark)) ||
-      !(verdict = new_expr(r, "immediate"))) {
-    nftnl_rule_free(r);
-    return NULL;
-  }
-  nftnl_expr_set_u32(verdict, NFTNL_EXPR_IMM_DREG, NFT_REG_VERDICT);
-  nftnl_expr_set_u32(verdict, NFTNL_EXPR_IMM_VERDICT, (uint32_t)NFT_RETURN);
-  return r;
-}
-
-/* meta l4proto <proto> th dport 53 redirect to :<port>. Both UDP and TCP
- * keep the destination port at offset 2 of their header. */
-static struct nftnl_rule *redirect_rule(uint8_t l4proto, uint16_t port) {
-  struct nftnl_rule *r = new_rule();
-  if (!r)
-    return NULL;
-  uint16_t dport_be = htons(DNS_PORT);
-  uint16_t port_be = htons(port);
-  struct nftnl_expr *imm = NULL, *redir = NULL;
-  bool ok = add_meta(r, NFT_META_L4PROTO) &&
-            add_cmp_eq(r, &l4proto, sizeof(l4proto)) &&
-            add_transport_payload(r, 2, 2) &&
-            add_cmp_eq(r, &dport_be, sizeof(dport_be)) &&
-            (imm = new_expr(r, "immediate")) != NULL &&
-            nftnl_expr_set(imm, NFTNL_EXPR_IMM_DATA, &port_be,
-                           sizeof(port_be)) == 0 &&
-            (redir = new_expr(r, "redir")) != NULL;
-  if (!ok) {
-    nftnl_rule_free(r);
-    return NULL;
-  }
-  /* The port goes through a register: redir takes its range from there, in
-   * network byte order. */
-  nftnl_expr_set_u32(imm, NFTNL_EXPR_IMM_DREG, NFT_REG_1);
-  nftnl_expr_set_u32(redir, NFTNL_EXPR_REDIR_REG_PROTO_MIN, NFT_REG_1);
-  return r;
-}
-
 /* Where each part of the install batch sits, to name what the kernel
  * refused. */
 typedef struct {
   int last_table; /* messages 0..last_table are the table ones */
   int chain;
   int first_rule;
+  int first_filter; /* -1: no filter */
 } layout_t;
+
+static int add_rule(sg_nft_batch_t *b, struct nftnl_rule *r, bool ok) {
+  int rc = -ENOMEM;
+  if (r && ok)
+    rc = sg_nft_batch_add_rule(b, NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND,
+                               r);
+  if (r)
+    nftnl_rule_free(r);
+  return rc < 0 ? rc : 0;
+}
+
+/* meta l4proto <proto> th dport 53 redirect to :<port> */
+static int redirect_rule(sg_nft_batch_t *b, uint8_t proto, uint16_t port) {
+  struct nftnl_rule *r = sg_nft_rule(SG_NFT_INTERCEPT_CHAIN);
+  return add_rule(b, r,
+                  r && sg_nft_match_l4proto(r, proto) &&
+                      sg_nft_match_dport(r, DNS_PORT) &&
+                      sg_nft_redirect(r, port));
+}
+
+static int has_exempt(const sg_nft_intercept_opts_t *o, int f) {
+  return o->exempt && o->exempt[f].n > 0;
+}
+
+/* The exempt nameserver sets (plain address sets, created in the batch
+ * with ids 1 and 2) and their elements. */
+static int add_exempt_sets(sg_nft_batch_t *b, const sg_nft_intercept_opts_t *o,
+                           uint32_t ids[2]) {
+  for (int f = 0; f < 2; f++) {
+    ids[f] = (uint32_t)f + 1;
+    if (!has_exempt(o, f))
+      continue;
+    int fam = f ? 6 : 4;
+    struct nftnl_set *s = sg_nft_set(sg_nft_exempt_set[f], fam, 0, 0, ids[f]);
+    int rc = s ? sg_nft_batch_add_set(b, NFT_MSG_NEWSET, NLM_F_CREATE, s)
+               : -ENOMEM;
+    if (s)
+      nftnl_set_free(s);
+    if (rc < 0)
+      return rc;
+    s = sg_nft_set_ref(sg_nft_exempt_set[f], fam);
+    rc = -ENOMEM;
+    /* Exempt lists are a handful of resolvers: one message. */
+    if (s) {
+      uint8_t key[16];
+      bool ok = true;
+      for (size_t i = 0; i < o->exempt[f].n && ok; i++)
+        for (sg_u128 v = o->exempt[f].r[i].lo; ok; v++) {
+          sg_addr_bytes(fam, v, key);
+          ok = sg_nft_add_addr_elem(s, fam, key, 0);
+          if (v == o->exempt[f].r[i].hi)
+            break;
+        }
+      if (ok)
+        rc = sg_nft_batch_add_setelems(b, NFT_MSG_NEWSETELEM, NLM_F_CREATE, s);
+    }
+    if (s)
+      nftnl_set_free(s);
+    if (rc < 0)
+      return rc;
+  }
+  return 0;
+}
 
 /* Fills b with the whole replace transaction and notes where each part
  * sits. */
-static int fill_install_batch(sg_nft_batch_t *b, const struct nftnl_table *t,
-                              const struct nftnl_chain *c,
-                              struct nftnl_rule *rules[3], layout_t *l) {
+static int fill_install_batch(sg_nft_batch_t *b,
+                              const sg_nft_intercept_opts_t *o, layout_t *l) {
+  struct nftnl_table *t = sg_nft_table();
+  if (!t)
+    return -ENOMEM;
   /* add + delete + add: the delete needs the table to exist, and wipes
    * whatever a previous run left in it (chains, rules, sets), all in the
    * same transaction as the new contents, so no packet ever sees a
@@ -196,23 +134,60 @@ static int fill_install_batch(sg_nft_batch_t *b, const struct nftnl_table *t,
     rc = sg_nft_batch_add_table(b, NFT_MSG_DELTABLE, 0, t);
   if (rc >= 0)
     rc = sg_nft_batch_add_table(b, NFT_MSG_NEWTABLE, NLM_F_CREATE, t);
+  nftnl_table_free(t);
   if (rc < 0)
     return rc;
   l->last_table = rc;
 
+  uint32_t exempt_ids[2];
+  if ((rc = add_exempt_sets(b, o, exempt_ids)) < 0)
+    return rc;
+
+  struct nftnl_chain *c = sg_nft_base_chain(
+      SG_NFT_INTERCEPT_CHAIN, "nat", NF_INET_LOCAL_OUT, CHAIN_PRIORITY, -1);
+  if (!c)
+    return -ENOMEM;
   rc = sg_nft_batch_add_chain(b, NFT_MSG_NEWCHAIN, NLM_F_CREATE, c);
+  nftnl_chain_free(c);
   if (rc < 0)
     return rc;
   l->chain = rc;
   l->first_rule = rc + 1;
 
-  for (int i = 0; i < 3; i++) {
-    rc = sg_nft_batch_add_rule(b, NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND,
-                               rules[i]);
-    if (rc < 0)
+  struct nftnl_rule *r = sg_nft_rule(SG_NFT_INTERCEPT_CHAIN);
+  if ((rc = add_rule(b, r,
+                     r && sg_nft_match_mark(r, o->bypass_mark) &&
+                         sg_nft_verdict(r, NFT_RETURN, NULL))))
+    return rc;
+  for (int f = 0; f < 2; f++) {
+    if (!has_exempt(o, f))
+      continue;
+    r = sg_nft_rule(SG_NFT_INTERCEPT_CHAIN);
+    if ((rc = add_rule(b, r,
+                       r && sg_nft_match_nfproto(r, f ? 6 : 4) &&
+                           sg_nft_match_daddr_set(r, f ? 6 : 4,
+                                                  sg_nft_exempt_set[f],
+                                                  exempt_ids[f]) &&
+                           sg_nft_match_skuid(r, o->exempt_uid) &&
+                           sg_nft_verdict(r, NFT_RETURN, NULL))))
       return rc;
   }
-  return 0;
+  if ((rc = redirect_rule(b, IPPROTO_UDP, o->redirect_port)) ||
+      (rc = redirect_rule(b, IPPROTO_TCP, o->redirect_port)))
+    return rc;
+
+  l->first_filter = -1;
+  if (o->filter) {
+    l->first_filter = sg_nft_batch_count(b);
+    sg_nft_filter_opts_t fo = *o->filter;
+    fo.bypass_mark = o->bypass_mark;
+    fo.exempt_uid = o->exempt_uid;
+    fo.exempt[0] = has_exempt(o, 0);
+    fo.exempt[1] = has_exempt(o, 1);
+    uint32_t next_id = 3;
+    rc = sg_nft_filter_fill(b, &fo, o->statics, exempt_ids, &next_id);
+  }
+  return rc;
 }
 
 static void describe_install_error(int rc, int where, const layout_t *l,
@@ -238,6 +213,13 @@ static void describe_install_error(int rc, int where, const layout_t *l,
             "the kernel has no nat output hook for nf_tables "
             "(%s)" NO_INTERCEPT_HINT,
             why);
+  } else if (l->first_filter >= 0 && where >= l->first_filter) {
+    set_err(err, errlen,
+            "the kernel refused the dns+nft filter (%s): nf_tables sets "
+            "with intervals and timeouts, the reject expression and conntrack "
+            "matching are needed; OPENSANDBOX_EGRESS_MODE=dns runs without the "
+            "filter",
+            why);
   } else if (where >= l->first_rule) {
     set_err(err, errlen,
             "the kernel refused the DNS redirect rule (%s): the nft "
@@ -259,53 +241,32 @@ static void describe_install_error(int rc, int where, const layout_t *l,
 int sg_nft_intercept_install(const sg_nft_intercept_opts_t *opts, char *err,
                              size_t errlen) {
   set_err(err, errlen, "%s", "");
-  if (!opts || opts->redirect_port == 0) {
+  if (!opts || opts->redirect_port == 0 || (opts->filter && !opts->statics)) {
     set_err(err, errlen, "DNS interception needs a redirect port");
     return -EINVAL;
   }
-
-  struct nftnl_table *table = new_table();
-  struct nftnl_chain *chain = new_chain();
-  struct nftnl_rule *rules[3] = {
-      bypass_rule(opts->bypass_mark),
-      redirect_rule(IPPROTO_UDP, opts->redirect_port),
-      redirect_rule(IPPROTO_TCP, opts->redirect_port),
-  };
   sg_nft_batch_t *b = sg_nft_batch_new();
   int rc = -ENOMEM, where = SG_NFT_BATCH_AT_IO;
-  layout_t l = {0};
-  if (!table || !chain || !rules[0] || !rules[1] || !rules[2] || !b)
-    goto build_failed;
-  rc = fill_install_batch(b, table, chain, rules, &l);
-  if (rc < 0)
-    goto build_failed;
-
+  layout_t l = {.first_filter = -1};
+  if (!b || (rc = fill_install_batch(b, opts, &l)) < 0) {
+    set_err(err, errlen,
+            "could not build the DNS interception batch (%s)" NO_INTERCEPT_HINT,
+            strerror(-rc));
+    sg_nft_batch_free(b);
+    return rc;
+  }
   rc = sg_nft_batch_send(b, &where);
-  if (rc < 0)
-    describe_install_error(rc, where, &l, err, errlen);
-  else
-    rc = 0;
-  goto out;
-
-build_failed:
-  set_err(err, errlen,
-          "could not build the DNS interception batch (%s)" NO_INTERCEPT_HINT,
-          strerror(-rc));
-out:
   sg_nft_batch_free(b);
-  for (int i = 0; i < 3; i++)
-    if (rules[i])
-      nftnl_rule_free(rules[i]);
-  if (chain)
-    nftnl_chain_free(chain);
-  if (table)
-    nftnl_table_free(table);
-  return rc;
+  if (rc < 0) {
+    describe_install_error(rc, where, &l, err, errlen);
+    return rc;
+  }
+  return 0;
 }
 
 int sg_nft_intercept_remove(char *err, size_t errlen) {
   set_err(err, errlen, "%s", "");
-  struct nftnl_table *table = new_table();
+  struct nftnl_table *table = sg_nft_table();
   sg_nft_batch_t *b = sg_nft_batch_new();
   int rc = -ENOMEM, where = SG_NFT_BATCH_AT_IO;
   if (!table || !b ||

@@ -27,6 +27,8 @@ struct sg_vm {
   uint32_t call_budget_ms;
   int timed_out;
   int enforce; /* the memory cap applies: script code is running */
+  int has_statics;
+  sg_nft_static_t statics;
 };
 
 /* The allocator is the memory cap: LuaJIT turns a NULL into a "not enough
@@ -111,6 +113,8 @@ static int l_log(lua_State *L) {
 static void vm_free(sg_vm_t *vm) {
   if (vm->L)
     lua_close(vm->L);
+  if (vm->has_statics)
+    sg_nft_static_free(&vm->statics);
   free(vm);
 }
 
@@ -138,6 +142,81 @@ static int call_bounded(sg_vm_t *vm, int nargs, int nres, uint32_t budget_ms,
     snprintf(err, errlen, "%s", msg ? msg : "unknown error");
   lua_pop(L, 1);
   return -EINVAL;
+}
+
+/* Appends the addresses of one array field of the statics table at idx to
+ * set (whose family the field must have). */
+static int read_list(lua_State *L, int idx, const char *field, sg_ipset_t *set,
+                     const char *where, char *err, size_t errlen) {
+  lua_getfield(L, idx, field);
+  int rc = 0;
+  size_t n = lua_objlen(L, -1);
+  for (size_t i = 1; i <= n && !rc; i++) {
+    lua_rawgeti(L, -1, (int)i);
+    const char *text = lua_tostring(L, -1);
+    sg_range_t r;
+    int fam = text ? sg_range_parse(text, &r) : 0;
+    if (fam != set->family) {
+      snprintf(err, errlen,
+               "%s.%s[%zu] is %s%s%s, expected an IPv%d address or CIDR",
+               where, field, i, text ? "\"" : "", text ? text : "not a string",
+               text ? "\"" : "", set->family);
+      rc = -EINVAL;
+    } else if (sg_ipset_add(set, &r)) {
+      snprintf(err, errlen, "out of memory");
+      rc = -ENOMEM;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return rc;
+}
+
+/* Converts host.statics' table at idx into st (see sg_vm_statics). */
+static int read_statics(lua_State *L, int idx, sg_nft_static_t *st, char *err,
+                        size_t errlen) {
+  static const char *const fam_suffix[2] = {"v4", "v6"};
+  lua_getfield(L, idx, "default");
+  const char *def = lua_tostring(L, -1);
+  st->default_allow = def && strcmp(def, "allow") == 0;
+  lua_pop(L, 1);
+  int rc = 0;
+  for (int f = 0; f < 2 && !rc; f++) {
+    char field[32];
+    sg_ipset_t always_allow, always_deny;
+    sg_ipset_init(&always_allow, f ? 6 : 4);
+    sg_ipset_init(&always_deny, f ? 6 : 4);
+    snprintf(field, sizeof(field), "allow_%s", fam_suffix[f]);
+    rc = read_list(L, idx, field, &st->allow[f], "static_sets()", err, errlen);
+    snprintf(field, sizeof(field), "deny_%s", fam_suffix[f]);
+    if (!rc)
+      rc = read_list(L, idx, field, &st->deny[f], "static_sets()", err, errlen);
+    snprintf(field, sizeof(field), "always_allow_%s", fam_suffix[f]);
+    if (!rc)
+      rc = read_list(L, idx, field, &always_allow, "allow.always", err, errlen);
+    snprintf(field, sizeof(field), "always_deny_%s", fam_suffix[f]);
+    if (!rc)
+      rc = read_list(L, idx, field, &always_deny, "deny.always", err, errlen);
+    if (!rc) {
+      sg_ipset_normalize(&st->allow[f]);
+      sg_ipset_normalize(&st->deny[f]);
+      sg_ipset_normalize(&always_allow);
+      sg_ipset_normalize(&always_deny);
+      if (sg_ipset_subtract(&st->deny[f], &always_allow) ||
+          sg_ipset_merge(&st->deny[f], &always_deny) ||
+          sg_ipset_merge(&st->allow[f], &always_allow)) {
+        snprintf(err, errlen, "out of memory");
+        rc = -ENOMEM;
+      }
+    }
+    sg_ipset_free(&always_allow);
+    sg_ipset_free(&always_deny);
+  }
+  return rc;
+}
+
+const sg_nft_static_t *sg_vm_statics(const sg_vm_t *vm) {
+  return vm && vm->has_statics ? &vm->statics : NULL;
 }
 
 int sg_vm_new_egress(const sg_vm_opts_t *o, sg_vm_t **out, char *err,
@@ -240,8 +319,17 @@ int sg_vm_new_egress(const sg_vm_opts_t *o, sg_vm_t **out, char *err,
     lua_insert(L, -2);
     lua_settable(L, -3);
   }
-  if (call_bounded(vm, 4, 1, load_budget, err, errlen))
+  lua_pushboolean(L, o->want_statics);
+  if (call_bounded(vm, 5, 2, load_budget, err, errlen))
     goto fail;
+  if (o->want_statics) {
+    vm->has_statics = 1;
+    sg_nft_static_init(&vm->statics);
+    if ((rc = read_statics(L, lua_gettop(L), &vm->statics, err, errlen)))
+      goto fail;
+    rc = -EINVAL;
+  }
+  lua_pop(L, 1);
   lua_replace(L, 1);
   lua_settop(L, 1);
   /* Loading leaves garbage behind (the decoded document, temporaries):

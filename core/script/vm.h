@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "nft/filter.h"
+
 typedef struct sg_vm sg_vm_t;
 
 typedef struct {
@@ -29,6 +31,7 @@ typedef struct {
   size_t mem_limit;        /* bytes the state may hold; 0 = default */
   uint32_t call_budget_ms; /* per hook call; 0 = default */
   uint32_t load_budget_ms; /* script chunk + load() + selftest; 0 = default */
+  int want_statics;        /* dns+nft: build the filter's static sets */
 } sg_vm_opts_t;
 
 #define SG_VM_DEFAULT_MEM_LIMIT (64u << 20)
@@ -75,6 +78,12 @@ typedef struct {
  * is deny and the status says why. */
 sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
                             sg_vm_verdict_t *v);
+
+/* The filter's static sets the VM was built with (want_statics), from the
+ * script's static_sets() hook and the always-lists, normalized: deny is the
+ * policy's deny addresses minus allow.always, plus deny.always; allow is the
+ * policy's allow addresses plus allow.always. NULL without want_statics. */
+const sg_nft_static_t *sg_vm_statics(const sg_vm_t *vm);
 
 /* Bytes currently held by the state (for /metrics and the RSS budget). */
 size_t sg_vm_mem_used(const sg_vm_t *vm);

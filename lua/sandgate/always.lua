@@ -74,6 +74,8 @@ function M.build(files)
   return {
     check = check,
     quiet = quiet,
+    -- The IPs and CIDRs of the lists, for the static sets of dns+nft.
+    static = { allow = allow and allow.static, deny = deny and deny.static },
     counts = {
       deny = deny and deny:count() or 0,
       allow = allow and allow:count() or 0,

@@ -219,10 +219,66 @@ function M.init(natives)
   if smt then smt.__metatable = false end
 end
 
+-- The address lists of a static_sets() result, checked: each field is nil
+-- or an array of strings (the C side parses them and names a bad entry).
+local STATIC_FIELDS = { "allow_v4", "allow_v6", "deny_v4", "deny_v6" }
+
+local function static_lists(s, where)
+  local out = {}
+  for _, field in ipairs(STATIC_FIELDS) do
+    local v = s[field]
+    if v == nil then
+      v = {}
+    elseif type(v) ~= "table" then
+      error(str_format("%s.%s must be an array of IP/CIDR strings, got %s",
+        where, field, type(v)), 0)
+    end
+    for i = 1, #v do
+      if type(v[i]) ~= "string" then
+        error(str_format("%s.%s[%d] must be an IP/CIDR string, got %s",
+          where, field, i, type(v[i])), 0)
+      end
+    end
+    out[field] = v
+  end
+  return out
+end
+
+-- What the kernel's filter is built from in dns+nft mode: the script's
+-- static_sets() (no hook: no static sets, default deny) and the IPs and
+-- CIDRs of the always-lists. Returns one flat table of arrays:
+--   { default = "allow"|"deny", allow_v4, allow_v6, deny_v4, deny_v6,
+--     always_allow_v4, always_allow_v6, always_deny_v4, always_deny_v6 }
+function M.statics(hooks, always)
+  local out = static_lists({}, "static_sets()")
+  out.default = "deny"
+  local f = hooks.static_sets
+  if f then
+    local ok, s = pcall(f)
+    if not ok then error("static_sets failed: " .. tostring(s), 0) end
+    if type(s) ~= "table" then
+      error("static_sets returned " .. describe(s) .. ", expected a table", 0)
+    end
+    if s.default ~= nil and s.default ~= "allow" and s.default ~= "deny" then
+      error("static_sets().default is " .. describe(s.default)
+        .. ", expected \"allow\" or \"deny\"", 0)
+    end
+    out = static_lists(s, "static_sets()")
+    out.default = s.default or "deny"
+  end
+  -- The lists' entries all compile as "allow" (see sandgate.always).
+  local st = always and always.static or {}
+  local a, d = st.allow or {}, st.deny or {}
+  out.always_allow_v4, out.always_allow_v6 = a.allow_v4 or {}, a.allow_v6 or {}
+  out.always_deny_v4, out.always_deny_v6 = d.allow_v4 or {}, d.allow_v6 or {}
+  return out
+end
+
 -- Loads an egress policy script with a policy document and returns the
--- entry point for decide. Raises (a string with file:line where the script
--- is at fault) on any failure.
-function M.egress(src, chunkname, policy_text, always_files)
+-- entry point for decide, and with want_statics the filter's static sets
+-- (see M.statics). Raises (a string with file:line where the script is at
+-- fault) on any failure.
+function M.egress(src, chunkname, policy_text, always_files, want_statics)
   -- The lists first: a bad line refuses the whole build, naming its line.
   local always = always_lists.build(always_files)
   local hooks = load_script(src, chunkname)
@@ -239,7 +295,9 @@ function M.egress(src, chunkname, policy_text, always_files)
     local ok, err = pcall(selftest)
     if not ok then error("selftest failed: " .. tostring(err), 0) end
   end
-  return egress_entry(decide, always), hooks
+  local statics
+  if want_statics then statics = M.statics(hooks, always) end
+  return egress_entry(decide, always), statics, hooks
 end
 
 M.decode_policy = decode_policy

@@ -468,7 +468,8 @@ end
 --                    or CIDR already listed by an earlier rule is dropped:
 --                    the earlier rule wins, as in DNS matching. Overlapping
 --                    but different prefixes are kept; ordering them is the
---                    nftables layer's job.
+--                    nftables layer's job. Also default = default_action
+--                    (the filter's chain policy in dns+nft mode).
 -- Use :count(), :rule(i) and :describe(v) rather than the arrays where you
 -- can; the layout of the arrays may change.
 function M.compile(doc)
@@ -500,7 +501,8 @@ function M.compile(doc)
   for i = 1, 256 do wild_len[i] = false end
   -- 0-based index of the first wildcard rule; n (no rule) if there is none.
   local wild_min = n
-  local static = { allow_v4 = {}, allow_v6 = {}, deny_v4 = {}, deny_v6 = {} }
+  local static = { allow_v4 = {}, allow_v6 = {}, deny_v4 = {}, deny_v6 = {},
+    default = default_action }
   -- Canonical IPv4 and IPv6 texts never coincide (only IPv6 has a ":"), so
   -- one set of seen targets serves both families.
   local static_seen = {}

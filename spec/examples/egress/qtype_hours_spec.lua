@@ -166,8 +166,8 @@ describe("examples/egress/qtype_hours.lua", function()
 
   it("passes through the static sets and its selftest", function()
     policy.load({ egress = { { action = "allow", target = "192.0.2.1/24" } } })
-    assert.same({ allow_v4 = { "192.0.2.0/24" }, allow_v6 = {}, deny_v4 = {}, deny_v6 = {} },
-      policy.static_sets())
+    assert.same({ allow_v4 = { "192.0.2.0/24" }, allow_v6 = {}, deny_v4 = {}, deny_v6 = {},
+      default = "deny" }, policy.static_sets())
     policy.selftest()
     assert.equals(0, #lines)
   end)

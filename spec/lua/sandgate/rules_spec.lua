@@ -385,6 +385,7 @@ describe("sandgate.rules", function()
                      "2001:0:0:1::1", "2001:db8::" },
         deny_v4 = { "198.51.100.0/24", "203.0.113.9", "203.0.113.0/24" },
         deny_v6 = { "fe80::/10", "::1" },
+        default = "deny",
       }, p.static)
       assert.equals("cidr", p:rule(0).kind)
       assert.equals("ip", p:rule(1).kind)
@@ -402,12 +403,14 @@ describe("sandgate.rules", function()
     it("drop an address an earlier rule already listed", function()
       local p = policy("deny", { "deny 1.2.3.4", "allow 1.2.3.4/32", "allow 10.0.0.1/8",
                                  "deny 10.0.0.0/8", "allow ::FFFF:1.2.3.4" })
-      assert.same({ allow_v4 = { "10.0.0.0/8" }, allow_v6 = {}, deny_v4 = { "1.2.3.4" }, deny_v6 = {} },
-        p.static)
+      assert.same({ allow_v4 = { "10.0.0.0/8" }, allow_v6 = {}, deny_v4 = { "1.2.3.4" }, deny_v6 = {},
+        default = "deny" }, p.static)
     end)
 
     it("are empty for a deny-all policy", function()
-      assert.same({ allow_v4 = {}, allow_v6 = {}, deny_v4 = {}, deny_v6 = {} }, rules.compile(nil).static)
+      assert.same({ allow_v4 = {}, allow_v6 = {}, deny_v4 = {}, deny_v6 = {}, default = "deny" },
+        rules.compile(nil).static)
+      assert.equals("allow", rules.compile({ defaultAction = "allow" }).static.default)
     end)
   end)
 

@@ -45,8 +45,8 @@ describe("policies/egress/default.lua", function()
     assert.equals("egress[2] allow *.pypi.org", rules.describe(policy.decide(query("files.pypi.org", "AAAA"))))
     assert.equals("deny", policy.decide(query("pypi.org")).action)
     assert.same({ action = "deny", rule = "default" }, policy.decide(query("github.com")))
-    assert.same({ allow_v4 = { "10.0.0.0/8" }, allow_v6 = {}, deny_v4 = {}, deny_v6 = { "2001:db8::1" } },
-      policy.static_sets())
+    assert.same({ allow_v4 = { "10.0.0.0/8" }, allow_v6 = {}, deny_v4 = {}, deny_v6 = { "2001:db8::1" },
+      default = "deny" }, policy.static_sets())
   end)
 
   it("keeps no reference to the query table", function()
