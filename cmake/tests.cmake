@@ -11,6 +11,7 @@ endfunction()
 
 sg_c_test(test_dns_message)
 sg_c_test(test_nft_intercept)
+sg_c_test(test_nft_filter)
 sg_c_test(test_vm)
 sg_c_test(test_http_server)
 sg_c_test(test_webhook)
