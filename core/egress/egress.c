@@ -950,6 +950,8 @@ int sg_egress_main(int argc, char **argv) {
   }
 
   if (e.cfg.intercept) {
+    sg_nft_learned_t *learned = NULL;
+    size_t nlearned = 0;
     sg_nft_intercept_opts_t no = {
         .redirect_port = sg_sockaddr_port((struct sockaddr *)&e.cfg.listen[0]),
         .bypass_mark = 0x1,
@@ -963,6 +965,12 @@ int sg_egress_main(int argc, char **argv) {
           .doh = {e.cfg.doh[0], e.cfg.doh[1]},
           .dyn_size = DYN_SET_SIZE,
       };
+      /* A table left by an earlier run: its learned addresses go into the
+       * new sets, with what is left of their timeouts, so programs that
+       * resolved before the restart keep working. */
+      sg_nft_learned_dump(&learned, &nlearned);
+      e.fopts.learned = learned;
+      e.fopts.nlearned = nlearned;
       no.filter = &e.fopts;
       no.statics = sg_vm_statics(e.vm);
       sg_dynset_opts_t dopts = {
@@ -973,15 +981,33 @@ int sg_egress_main(int argc, char **argv) {
       };
       if ((rc = sg_dynset_new(e.loop, &dopts, &e.dynset, err, sizeof(err)))) {
         sg_log_msg(SG_LOG_ERROR, "egress.start_failed", "dns+nft: %s", err);
+        free(learned);
         goto fail;
       }
     }
-    if ((rc = sg_nft_intercept_install(&no, err, sizeof(err)))) {
+    rc = sg_nft_intercept_install(&no, err, sizeof(err));
+    size_t carried = 0;
+    for (size_t i = 0; !rc && i < nlearned; i++) {
+      if (learned[i].left_ms < 1000)
+        continue;
+      sg_dynset_seed(e.dynset, learned[i].family, learned[i].addr,
+                     learned[i].timeout_ms, learned[i].left_ms);
+      carried++;
+    }
+    free(learned);
+    e.fopts.learned = NULL;
+    e.fopts.nlearned = 0;
+    if (rc) {
       sg_log_msg(SG_LOG_ERROR, "egress.start_failed",
                  "cannot intercept DNS: %s", err);
       goto fail;
     }
     e.intercept_installed = 1;
+    if (carried)
+      sg_log_msg(SG_LOG_INFO, "nft.learned_carried",
+                 "%zu learned address(es) carried over from the previous "
+                 "table",
+                 carried);
   }
 
   /* The API comes last: /healthz answering means DNS is being served and

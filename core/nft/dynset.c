@@ -36,6 +36,12 @@ const double sg_dynset_ack_le[SG_DYNSET_ACK_BUCKETS] = {
     0.005,   0.01,   0.025,   0.05,   0.1,   0.25};
 
 typedef struct batch batch_t;
+typedef struct entry entry_t;
+
+typedef struct {
+  entry_t *e;
+  uint32_t timeout_ms;
+} item_t;
 
 /* One request: an answer waiting for the batches its addresses are in. */
 typedef struct {
@@ -46,14 +52,14 @@ typedef struct {
 } job_t;
 
 /* One address the sets hold or are about to hold. */
-typedef struct entry {
+struct entry {
   struct entry *next; /* hash chain */
   uint8_t family;
   uint8_t addr[16];
   uint64_t expires_ms; /* when the kernel drops it; 0 = not in the set */
   uint32_t timeout_ms; /* the timeout last sent */
-  batch_t *pending;    /* the batch adding it, while there is one */
-} entry_t;
+  batch_t *pending;    /* the latest batch adding it, while there is one */
+};
 
 struct batch {
   batch_t *next; /* in flight, oldest first */
@@ -62,8 +68,8 @@ struct batch {
   uint64_t sent_ns;
   job_t **jobs;
   size_t njobs, jcap;
-  entry_t **entries;
-  size_t nentries, ecap;
+  item_t *items; /* the addresses it adds, with their timeouts */
+  size_t nentries, icap;
 };
 
 struct sg_dynset {
@@ -160,33 +166,40 @@ static void on_sweep(uv_timer_t *t) {
 
 /* ---- batches ---- */
 
-static bool push(void ***arr, size_t *n, size_t *cap, void *item) {
-  if (*n == *cap) {
-    size_t c = *cap ? *cap * 2 : 8;
-    void **a = realloc(*arr, c * sizeof(*a));
-    if (!a)
-      return false;
-    *arr = a;
-    *cap = c;
-  }
-  (*arr)[(*n)++] = item;
-  return true;
-}
-
 static void batch_free(batch_t *b) {
   sg_nft_batch_free(b->nb);
   free(b->jobs);
-  free(b->entries);
+  free(b->items);
   free(b);
+}
+
+static void remove_entry(sg_dynset_t *d, entry_t *e) {
+  entry_t **pp = &d->buckets[hash_addr(e->family, e->addr, d->nbuckets)];
+  while (*pp && *pp != e)
+    pp = &(*pp)->next;
+  if (*pp) {
+    *pp = e->next;
+    free(e);
+    d->nentries--;
+  }
 }
 
 /* A batch is over: record the outcome in its entries and tell its jobs. */
 static void batch_done(sg_dynset_t *d, batch_t *b, int ok) {
   for (size_t i = 0; i < b->nentries; i++) {
-    entry_t *e = b->entries[i];
-    e->pending = NULL;
-    /* From the send: the kernel started the timeout no earlier. */
-    e->expires_ms = ok ? b->sent_ms + e->timeout_ms : 0;
+    entry_t *e = b->items[i].e;
+    /* From the send: the kernel started the timeout no earlier. A later
+     * batch may be refreshing the same address with a longer timeout. */
+    uint64_t until = b->sent_ms + b->items[i].timeout_ms;
+    if (ok && until > e->expires_ms)
+      e->expires_ms = until;
+    if (e->pending == b) {
+      e->pending = NULL;
+      if (ok)
+        e->timeout_ms = b->items[i].timeout_ms;
+      else if (e->expires_ms <= now_ms(d))
+        remove_entry(d, e); /* not in the set: forget it */
+    }
   }
   for (size_t i = 0; i < b->njobs; i++) {
     job_t *j = b->jobs[i];
@@ -197,7 +210,6 @@ static void batch_done(sg_dynset_t *d, batch_t *b, int ok) {
       free(j);
     }
   }
-  (void)d;
   batch_free(b);
 }
 
@@ -339,7 +351,8 @@ static int build(sg_dynset_t *d, batch_t *b) {
     struct nftnl_set *s = NULL;
     int in_msg = 0;
     for (size_t i = 0; i <= b->nentries; i++) {
-      entry_t *e = i < b->nentries ? b->entries[i] : NULL;
+      const item_t *it = i < b->nentries ? &b->items[i] : NULL;
+      const entry_t *e = it ? it->e : NULL;
       if (s && (!e || in_msg == ELEMS_PER_MSG)) {
         int rc = sg_nft_batch_add_setelems(b->nb, NFT_MSG_NEWSETELEM,
                                            NLM_F_CREATE, s);
@@ -353,7 +366,7 @@ static int build(sg_dynset_t *d, batch_t *b) {
         continue;
       if (!s && !(s = sg_nft_set_ref(sg_nft_dyn_set[f], fam)))
         return -ENOMEM;
-      if (!sg_nft_add_addr_elem(s, fam, e->addr, e->timeout_ms)) {
+      if (!sg_nft_add_addr_elem(s, fam, e->addr, it->timeout_ms)) {
         nftnl_set_free(s);
         return -ENOMEM;
       }
@@ -419,8 +432,15 @@ uint32_t sg_dynset_timeout_s(const sg_dynset_t *d, uint32_t ttl) {
 static bool join(batch_t *b, job_t *j) {
   if (b->njobs && b->jobs[b->njobs - 1] == j)
     return true;
-  if (!push((void ***)&b->jobs, &b->njobs, &b->jcap, j))
-    return false;
+  if (b->njobs == b->jcap) {
+    size_t cap = b->jcap ? b->jcap * 2 : 8;
+    job_t **jobs = realloc(b->jobs, cap * sizeof(*jobs));
+    if (!jobs)
+      return false;
+    b->jobs = jobs;
+    b->jcap = cap;
+  }
+  b->jobs[b->njobs++] = j;
   j->waiting++;
   return true;
 }
@@ -438,16 +458,41 @@ int sg_dynset_allow(sg_dynset_t *d, const sg_dynset_addr_t *addrs, size_t n,
   int rc = 0;
   for (size_t i = 0; i < n && rc == 0; i++) {
     const sg_dynset_addr_t *a = &addrs[i];
+    uint32_t want = (uint32_t)timeout_ms_for(d, a->ttl);
+    /* What the app may do with this answer: use it for its TTL. */
+    uint64_t need = (uint64_t)a->ttl * 1000 < want ? (uint64_t)a->ttl * 1000
+                                                   : want;
     entry_t *e = find(d, a->family, a->addr);
     if (e && e->pending) {
       d->stats.joined++;
-      if (!join(e->pending, j))
+      if (!join(e->pending, j)) {
         rc = -ENOMEM;
-      continue;
-    }
-    if (e && e->expires_ms > now && e->expires_ms - now > e->timeout_ms / 2) {
-      d->stats.fresh++;
-      continue;
+        break;
+      }
+      if (e->pending == d->open) {
+        /* Not sent yet: the longest timeout asked for goes. */
+        item_t *it = &d->open->items[d->open->nentries - 1];
+        for (size_t k = 0; k < d->open->nentries; k++)
+          if (d->open->items[k].e == e)
+            it = &d->open->items[k];
+        if (want > it->timeout_ms)
+          it->timeout_ms = want;
+        continue;
+      }
+      /* In flight with a shorter timeout: wait for it, and refresh. */
+      uint64_t pending_until = now + e->timeout_ms;
+      for (size_t k = 0; k < e->pending->nentries; k++)
+        if (e->pending->items[k].e == e)
+          pending_until = e->pending->sent_ms + e->pending->items[k].timeout_ms;
+      if (pending_until >= now + want)
+        continue;
+    } else if (e && e->expires_ms > now) {
+      uint64_t left = e->expires_ms - now;
+      /* More than half its timeout left, and enough for this answer. */
+      if (left > e->timeout_ms / 2 && left >= need) {
+        d->stats.fresh++;
+        continue;
+      }
     }
     if (!e && !(e = insert(d, a->family, a->addr))) {
       rc = -ENOMEM;
@@ -457,14 +502,23 @@ int sg_dynset_allow(sg_dynset_t *d, const sg_dynset_addr_t *addrs, size_t n,
       rc = -ENOMEM;
       break;
     }
-    if (!push((void ***)&d->open->entries, &d->open->nentries, &d->open->ecap,
-              e) ||
-        !join(d->open, j)) {
+    batch_t *o = d->open;
+    if (o->nentries == o->icap) {
+      size_t cap = o->icap ? o->icap * 2 : 8;
+      item_t *items = realloc(o->items, cap * sizeof(*items));
+      if (!items) {
+        rc = -ENOMEM;
+        break;
+      }
+      o->items = items;
+      o->icap = cap;
+    }
+    if (!join(o, j)) {
       rc = -ENOMEM;
       break;
     }
-    e->pending = d->open;
-    e->timeout_ms = (uint32_t)timeout_ms_for(d, a->ttl);
+    o->items[o->nentries++] = (item_t){e, want};
+    e->pending = o;
     uv_check_start(&d->check, on_check);
   }
   if (j->waiting == 0) {
@@ -476,6 +530,15 @@ int sg_dynset_allow(sg_dynset_t *d, const sg_dynset_addr_t *addrs, size_t n,
     j->failed = 1;
   }
   return 1;
+}
+
+void sg_dynset_seed(sg_dynset_t *d, int family, const uint8_t *addr,
+                    uint64_t timeout_ms, uint64_t left_ms) {
+  entry_t *e = find(d, family, addr);
+  if (!e && !(e = insert(d, family, addr)))
+    return;
+  e->expires_ms = now_ms(d) + left_ms;
+  e->timeout_ms = (uint32_t)(timeout_ms > left_ms ? timeout_ms : left_ms);
 }
 
 const sg_dynset_stats_t *sg_dynset_stats(const sg_dynset_t *d) {

@@ -63,6 +63,11 @@ int sg_dynset_new(uv_loop_t *loop, const sg_dynset_opts_t *opts,
 int sg_dynset_allow(sg_dynset_t *d, const sg_dynset_addr_t *addrs, size_t n,
                     sg_dynset_cb cb, void *arg);
 
+/* Remembers addresses the sets already hold (carried over from an earlier
+ * table): left_ms until they expire, added with timeout_ms. */
+void sg_dynset_seed(sg_dynset_t *d, int family, const uint8_t *addr,
+                    uint64_t timeout_ms, uint64_t left_ms);
+
 /* The timeout an address with this TTL gets, in seconds. */
 uint32_t sg_dynset_timeout_s(const sg_dynset_t *d, uint32_t ttl);
 

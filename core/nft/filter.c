@@ -2,6 +2,10 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include <libmnl/libmnl.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,6 +17,8 @@
 #include <linux/netfilter/nf_conntrack_common.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netlink.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 
 #include "nft/build.h"
 
@@ -29,6 +35,8 @@ const char *const sg_nft_exempt_set[2] = {"exempt_v4", "exempt_v6"};
 static const char *const allow_set[2] = {"allow_v4", "allow_v6"};
 static const char *const deny_set[2] = {"deny_v4", "deny_v6"};
 static const char *const doh_set[2] = {"doh_v4", "doh_v6"};
+
+static int fam_of(int f) { return f ? 6 : 4; }
 
 void sg_nft_static_init(sg_nft_static_t *s) {
   memset(s, 0, sizeof(*s));
@@ -110,9 +118,130 @@ static int flush_set(sg_nft_batch_t *b, const char *name, int family) {
   return rc < 0 ? rc : 0;
 }
 
-/* ---- the rules ---- */
+/* The learned addresses of one family carried over from an earlier table,
+ * each with what was left of its timeout. */
+static int add_learned(sg_nft_batch_t *b, const sg_nft_filter_opts_t *o,
+                       int f) {
+  struct nftnl_set *s = NULL;
+  int in_msg = 0, rc = 0;
+  for (size_t i = 0; i <= o->nlearned && !rc; i++) {
+    const sg_nft_learned_t *l = i < o->nlearned ? &o->learned[i] : NULL;
+    if (s && (!l || in_msg == 800)) {
+      rc = sg_nft_batch_add_setelems(b, NFT_MSG_NEWSETELEM, NLM_F_CREATE, s);
+      nftnl_set_free(s);
+      s = NULL;
+      in_msg = 0;
+      rc = rc < 0 ? rc : 0;
+    }
+    if (!l || l->family != fam_of(f) || l->left_ms < 1000 || rc)
+      continue;
+    if (!s && !(s = sg_nft_set_ref(sg_nft_dyn_set[f], fam_of(f))))
+      return -ENOMEM;
+    if (!sg_nft_add_addr_elem(s, l->family, l->addr, l->left_ms))
+      rc = -ENOMEM;
+    in_msg++;
+  }
+  if (s)
+    nftnl_set_free(s);
+  return rc;
+}
 
-static int fam_of(int f) { return f ? 6 : 4; }
+/* ---- reading the learned addresses of an earlier table ---- */
+
+typedef struct {
+  sg_nft_learned_t *v;
+  size_t n, cap;
+  int family;
+} dump_t;
+
+static int on_elems(const struct nlmsghdr *nlh, void *data) {
+  dump_t *d = data;
+  struct nftnl_set *s = nftnl_set_alloc();
+  if (!s)
+    return MNL_CB_ERROR;
+  if (nftnl_set_elems_nlmsg_parse(nlh, s) < 0) {
+    nftnl_set_free(s);
+    return MNL_CB_OK;
+  }
+  struct nftnl_set_elems_iter *it = nftnl_set_elems_iter_create(s);
+  for (struct nftnl_set_elem *e = it ? nftnl_set_elems_iter_next(it) : NULL; e;
+       e = nftnl_set_elems_iter_next(it)) {
+    uint32_t len = 0;
+    const void *key = nftnl_set_elem_get(e, NFTNL_SET_ELEM_KEY, &len);
+    if (!key || len != (d->family == 4 ? 4u : 16u))
+      continue;
+    if (d->n == d->cap) {
+      size_t cap = d->cap ? d->cap * 2 : 64;
+      sg_nft_learned_t *v = realloc(d->v, cap * sizeof(*v));
+      if (!v)
+        break;
+      d->v = v;
+      d->cap = cap;
+    }
+    sg_nft_learned_t *l = &d->v[d->n++];
+    memset(l, 0, sizeof(*l));
+    l->family = d->family;
+    memcpy(l->addr, key, len);
+    if (nftnl_set_elem_is_set(e, NFTNL_SET_ELEM_TIMEOUT))
+      l->timeout_ms = nftnl_set_elem_get_u64(e, NFTNL_SET_ELEM_TIMEOUT);
+    if (nftnl_set_elem_is_set(e, NFTNL_SET_ELEM_EXPIRATION))
+      l->left_ms = nftnl_set_elem_get_u64(e, NFTNL_SET_ELEM_EXPIRATION);
+  }
+  if (it)
+    nftnl_set_elems_iter_destroy(it);
+  nftnl_set_free(s);
+  return MNL_CB_OK;
+}
+
+static void dump_set(struct mnl_socket *nl, int f, dump_t *d) {
+  char *buf = malloc(MNL_SOCKET_BUFFER_SIZE * 4);
+  struct nftnl_set *s = sg_nft_set_ref(sg_nft_dyn_set[f], fam_of(f));
+  if (!buf || !s)
+    goto out;
+  uint32_t seq = (uint32_t)time(NULL) + (uint32_t)f;
+  struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(
+      buf, NFT_MSG_GETSETELEM, NFPROTO_INET, NLM_F_DUMP | NLM_F_ACK, seq);
+  nftnl_set_elems_nlmsg_build_payload(nlh, s);
+  if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0)
+    goto out;
+  d->family = fam_of(f);
+  unsigned int portid = mnl_socket_get_portid(nl);
+  for (;;) {
+    ssize_t n = mnl_socket_recvfrom(nl, buf, MNL_SOCKET_BUFFER_SIZE * 4);
+    if (n <= 0)
+      break;
+    /* Stops at NLMSG_DONE, or at an error such as "no such table". */
+    if (mnl_cb_run(buf, (size_t)n, seq, portid, on_elems, d) <= MNL_CB_STOP)
+      break;
+  }
+out:
+  if (s)
+    nftnl_set_free(s);
+  free(buf);
+}
+
+int sg_nft_learned_dump(sg_nft_learned_t **out, size_t *n) {
+  *out = NULL;
+  *n = 0;
+  struct mnl_socket *nl = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC);
+  if (!nl)
+    return 0;
+  if (mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) {
+    mnl_socket_close(nl);
+    return 0;
+  }
+  struct timeval tv = {.tv_sec = 2};
+  setsockopt(mnl_socket_get_fd(nl), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  dump_t d = {0};
+  dump_set(nl, 0, &d);
+  dump_set(nl, 1, &d);
+  mnl_socket_close(nl);
+  *out = d.v;
+  *n = d.n;
+  return 0;
+}
+
+/* ---- the rules ---- */
 
 /* <daddr in set> <verdict>, for one family. */
 static int set_rule(sg_nft_batch_t *b, int f, const char *set, uint32_t id,
@@ -295,7 +424,8 @@ int sg_nft_filter_fill(sg_nft_batch_t *b, const sg_nft_filter_opts_t *o,
         (rc = add_set(b, sg_nft_set(doh_set[f], fam_of(f), NFT_SET_INTERVAL, 0,
                                     ids[3][f]))))
       return rc;
-    if ((rc = add_interval_elems(b, allow_set[f], &st->allow[f])) ||
+    if ((rc = add_learned(b, o, f)) ||
+        (rc = add_interval_elems(b, allow_set[f], &st->allow[f])) ||
         (rc = add_interval_elems(b, deny_set[f], &st->deny[f])) ||
         (rc = add_interval_elems(b, doh_set[f], &o->doh[f])))
       return rc;

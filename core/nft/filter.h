@@ -49,6 +49,14 @@ void sg_nft_static_free(sg_nft_static_t *s);
 /* 1 when both would put the same thing into the kernel. */
 int sg_nft_static_equal(const sg_nft_static_t *a, const sg_nft_static_t *b);
 
+/* An address a dynamic set holds. */
+typedef struct {
+  int family; /* 4 or 6 */
+  uint8_t addr[16];
+  uint64_t timeout_ms; /* the timeout it was added with */
+  uint64_t left_ms;    /* until the kernel drops it */
+} sg_nft_learned_t;
+
 /* How the filter is built; fixed for the life of the process. */
 typedef struct {
   int reject;          /* 1: reject (reset / admin-prohibited); 0: drop */
@@ -58,7 +66,16 @@ typedef struct {
   uint32_t bypass_mark;
   int exempt[2];       /* the exempt_v4/v6 sets have elements */
   uint32_t exempt_uid; /* whose packets the exemption covers */
+  /* Learned addresses to put back into the new dynamic sets at install. */
+  const sg_nft_learned_t *learned;
+  size_t nlearned;
 } sg_nft_filter_opts_t;
+
+/* Reads what dyn_v4 and dyn_v6 of an existing table hold (a table left by
+ * an earlier run), so that a restart can carry the learned addresses over.
+ * Returns 0 with *n = 0 when there is no such table or set; *out is
+ * malloc'ed (free it). */
+int sg_nft_learned_dump(sg_nft_learned_t **out, size_t *n);
 
 /* Set names. */
 extern const char *const sg_nft_dyn_set[2];    /* dyn_v4, dyn_v6 */
