@@ -21,7 +21,7 @@
 
 typedef struct chan {
   sg_upstream_t *up;
-  uint32_t mark; /* SO_MARK of this server's sockets; 0 = none */
+  uint32_t mark;   /* SO_MARK of this server's sockets; 0 = none */
   sg_ares_uv_t io; /* the channel and its sockets on the loop */
   int index;
   char name[SG_ADDRSTR_MAX];

@@ -106,7 +106,6 @@ static int parse_addr_list(const char *what, const char *list,
   return rc;
 }
 
-
 enum {
   OPT_UPSTREAM = 256,
   OPT_UPSTREAM_TIMEOUT,
@@ -314,7 +313,8 @@ static int parse_mode(const char *mode, int *nft) {
   if (!copy)
     return -ENOMEM;
   int dns = 0, with_nft = 0, other = 0;
-  for (char *t = strtok_r(copy, "+", &save); t; t = strtok_r(NULL, "+", &save)) {
+  for (char *t = strtok_r(copy, "+", &save); t;
+       t = strtok_r(NULL, "+", &save)) {
     while (*t == ' ')
       t++;
     size_t n = strlen(t);
@@ -382,20 +382,18 @@ static int parse_nft(const raw_t *r, sg_egress_config_t *c, char *err,
     else if (strcasecmp(r->block, "drop") == 0)
       c->block_reject = 0;
     else {
-      snprintf(err, errlen, "SANDGATE_EGRESS_BLOCK: \"%s\" is not reject or drop",
-               r->block);
+      snprintf(err, errlen,
+               "SANDGATE_EGRESS_BLOCK: \"%s\" is not reject or drop", r->block);
       return -EINVAL;
     }
   }
-  if (r->doh_list &&
-      (rc = parse_ip_list("OPENSANDBOX_EGRESS_DOH_BLOCKLIST", r->doh_list, 0,
-                          c->doh, err, errlen)))
+  if (r->doh_list && (rc = parse_ip_list("OPENSANDBOX_EGRESS_DOH_BLOCKLIST",
+                                         r->doh_list, 0, c->doh, err, errlen)))
     return rc;
   /* OpenSandbox: blocking 443 without a list blocks all of it. */
   c->doh_all = truthy(r->block_doh) && c->doh[0].n == 0 && c->doh[1].n == 0;
-  if (r->exempt &&
-      (rc = parse_ip_list("OPENSANDBOX_EGRESS_NAMESERVER_EXEMPT", r->exempt, 1,
-                          c->exempt, err, errlen)))
+  if (r->exempt && (rc = parse_ip_list("OPENSANDBOX_EGRESS_NAMESERVER_EXEMPT",
+                                       r->exempt, 1, c->exempt, err, errlen)))
     return rc;
   c->exempt_uid = (uint32_t)geteuid();
   if (r->exempt_uid) {

@@ -82,15 +82,17 @@ struct sg_dynset {
   int handles;
   int closing;
   uint32_t seq;
-  batch_t *open;              /* collecting this iteration's addresses */
-  batch_t *head, *tail;       /* in flight */
+  batch_t *open;        /* collecting this iteration's addresses */
+  batch_t *head, *tail; /* in flight */
   entry_t **buckets;
   size_t nbuckets, nentries;
   sg_dynset_stats_t stats;
   uint8_t *rbuf;
 };
 
-static uint64_t now_ms(const sg_dynset_t *d) { return uv_now(d->loop); }
+static uint64_t now_ms(const sg_dynset_t *d) {
+  return uv_now(d->loop);
+}
 
 /* ---- the address table ---- */
 
@@ -460,8 +462,8 @@ int sg_dynset_allow(sg_dynset_t *d, const sg_dynset_addr_t *addrs, size_t n,
     const sg_dynset_addr_t *a = &addrs[i];
     uint32_t want = (uint32_t)timeout_ms_for(d, a->ttl);
     /* What the app may do with this answer: use it for its TTL. */
-    uint64_t need = (uint64_t)a->ttl * 1000 < want ? (uint64_t)a->ttl * 1000
-                                                   : want;
+    uint64_t need =
+        (uint64_t)a->ttl * 1000 < want ? (uint64_t)a->ttl * 1000 : want;
     entry_t *e = find(d, a->family, a->addr);
     if (e && e->pending) {
       d->stats.joined++;

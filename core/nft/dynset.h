@@ -44,10 +44,10 @@ extern const double sg_dynset_ack_le[SG_DYNSET_ACK_BUCKETS];
 
 typedef struct {
   uint64_t batches_ok, batches_refused, batches_timeout;
-  uint64_t elements;  /* addresses sent to the kernel */
-  uint64_t fresh;     /* addresses already allowed: nothing sent */
-  uint64_t joined;    /* addresses that waited for another answer's batch */
-  uint64_t entries;   /* addresses known to be in the sets now */
+  uint64_t elements; /* addresses sent to the kernel */
+  uint64_t fresh;    /* addresses already allowed: nothing sent */
+  uint64_t joined;   /* addresses that waited for another answer's batch */
+  uint64_t entries;  /* addresses known to be in the sets now */
   /* Time from sendmsg to the last acknowledgement of a batch. */
   uint64_t ack_bucket[SG_DYNSET_ACK_BUCKETS]; /* non-cumulative */
   uint64_t ack_count;

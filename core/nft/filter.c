@@ -36,7 +36,9 @@ static const char *const allow_set[2] = {"allow_v4", "allow_v6"};
 static const char *const deny_set[2] = {"deny_v4", "deny_v6"};
 static const char *const doh_set[2] = {"doh_v4", "doh_v6"};
 
-static int fam_of(int f) { return f ? 6 : 4; }
+static int fam_of(int f) {
+  return f ? 6 : 4;
+}
 
 void sg_nft_static_init(sg_nft_static_t *s) {
   memset(s, 0, sizeof(*s));
@@ -291,21 +293,24 @@ static int default_rule(sg_nft_batch_t *b, int default_allow) {
 
 static struct nftnl_chain *filter_chain(int default_allow) {
   return sg_nft_base_chain(SG_NFT_FILTER_CHAIN, "filter", NF_INET_LOCAL_OUT,
-                           FILTER_PRIORITY, default_allow ? NF_ACCEPT : NF_DROP);
+                           FILTER_PRIORITY,
+                           default_allow ? NF_ACCEPT : NF_DROP);
 }
 
 static int filter_rules(sg_nft_batch_t *b, const sg_nft_filter_opts_t *o,
-                        const uint32_t exempt_ids[2], const uint32_t ids[4][2]) {
+                        const uint32_t exempt_ids[2],
+                        const uint32_t ids[4][2]) {
   int rc;
   struct nftnl_rule *r;
   const char *chain = SG_NFT_FILTER_CHAIN;
 
   r = sg_nft_rule(chain);
-  if ((rc = add_rule(b, r,
-                     r &&
-                         sg_nft_ct_state(r, NF_CT_STATE_BIT(IP_CT_ESTABLISHED) |
-                                                NF_CT_STATE_BIT(IP_CT_RELATED)) &&
-                         sg_nft_verdict(r, NF_ACCEPT, NULL))))
+  if ((rc = add_rule(
+           b, r,
+           r &&
+               sg_nft_ct_state(r, NF_CT_STATE_BIT(IP_CT_ESTABLISHED) |
+                                      NF_CT_STATE_BIT(IP_CT_RELATED)) &&
+               sg_nft_verdict(r, NF_ACCEPT, NULL))))
     return rc;
   r = sg_nft_rule(chain);
   if ((rc = add_rule(b, r,
@@ -332,23 +337,24 @@ static int filter_rules(sg_nft_batch_t *b, const sg_nft_filter_opts_t *o,
     return rc;
   static const uint8_t lo6[16] = {[15] = 1};
   r = sg_nft_rule(chain);
-  if ((rc = add_rule(b, r,
-                     r && sg_nft_match_nfproto(r, 6) &&
-                         sg_nft_payload(r, NFT_PAYLOAD_NETWORK_HEADER, 24, 16) &&
-                         sg_nft_cmp(r, NFT_CMP_EQ, lo6, 16) &&
-                         sg_nft_verdict(r, NF_ACCEPT, NULL))))
+  if ((rc =
+           add_rule(b, r,
+                    r && sg_nft_match_nfproto(r, 6) &&
+                        sg_nft_payload(r, NFT_PAYLOAD_NETWORK_HEADER, 24, 16) &&
+                        sg_nft_cmp(r, NFT_CMP_EQ, lo6, 16) &&
+                        sg_nft_verdict(r, NF_ACCEPT, NULL))))
     return rc;
   /* Router and neighbour solicitation/advertisement, redirect: without
    * them IPv6 stops working under a drop policy. */
   uint8_t nd_first = 133, nd_last = 137;
   r = sg_nft_rule(chain);
-  if ((rc = add_rule(
-           b, r,
-           r && sg_nft_match_l4proto(r, IPPROTO_ICMPV6) &&
-               sg_nft_payload(r, NFT_PAYLOAD_TRANSPORT_HEADER, 0, 1) &&
-               sg_nft_cmp(r, NFT_CMP_GTE, &nd_first, 1) &&
-               sg_nft_cmp(r, NFT_CMP_LTE, &nd_last, 1) &&
-               sg_nft_verdict(r, NF_ACCEPT, NULL))))
+  if ((rc =
+           add_rule(b, r,
+                    r && sg_nft_match_l4proto(r, IPPROTO_ICMPV6) &&
+                        sg_nft_payload(r, NFT_PAYLOAD_TRANSPORT_HEADER, 0, 1) &&
+                        sg_nft_cmp(r, NFT_CMP_GTE, &nd_first, 1) &&
+                        sg_nft_cmp(r, NFT_CMP_LTE, &nd_last, 1) &&
+                        sg_nft_verdict(r, NF_ACCEPT, NULL))))
     return rc;
   /* The exempt nameservers, port 53 only, for the sidecar's own sockets. */
   static const uint8_t protos[2] = {IPPROTO_UDP, IPPROTO_TCP};
@@ -357,15 +363,15 @@ static int filter_rules(sg_nft_batch_t *b, const sg_nft_filter_opts_t *o,
       continue;
     for (int p = 0; p < 2; p++) {
       r = sg_nft_rule(chain);
-      if ((rc = add_rule(
-               b, r,
-               r && sg_nft_match_nfproto(r, fam_of(f)) &&
-                   sg_nft_match_l4proto(r, protos[p]) &&
-                   sg_nft_match_dport(r, DNS_PORT) &&
-                   sg_nft_match_daddr_set(r, fam_of(f), sg_nft_exempt_set[f],
-                                          exempt_ids[f]) &&
-                   sg_nft_match_skuid(r, o->exempt_uid) &&
-                   sg_nft_verdict(r, NF_ACCEPT, NULL))))
+      if ((rc = add_rule(b, r,
+                         r && sg_nft_match_nfproto(r, fam_of(f)) &&
+                             sg_nft_match_l4proto(r, protos[p]) &&
+                             sg_nft_match_dport(r, DNS_PORT) &&
+                             sg_nft_match_daddr_set(r, fam_of(f),
+                                                    sg_nft_exempt_set[f],
+                                                    exempt_ids[f]) &&
+                             sg_nft_match_skuid(r, o->exempt_uid) &&
+                             sg_nft_verdict(r, NF_ACCEPT, NULL))))
         return rc;
     }
   }
@@ -380,13 +386,13 @@ static int filter_rules(sg_nft_batch_t *b, const sg_nft_filter_opts_t *o,
       if (o->doh[f].n == 0)
         continue;
       r = sg_nft_rule(chain);
-      if ((rc = add_rule(
-               b, r,
-               r && sg_nft_match_nfproto(r, fam_of(f)) &&
-                   sg_nft_match_l4proto(r, IPPROTO_TCP) &&
-                   sg_nft_match_dport(r, HTTPS_PORT) &&
-                   sg_nft_match_daddr_set(r, fam_of(f), doh_set[f], ids[3][f]) &&
-                   sg_nft_verdict(r, NFT_GOTO, SG_NFT_BLOCK_CHAIN))))
+      if ((rc = add_rule(b, r,
+                         r && sg_nft_match_nfproto(r, fam_of(f)) &&
+                             sg_nft_match_l4proto(r, IPPROTO_TCP) &&
+                             sg_nft_match_dport(r, HTTPS_PORT) &&
+                             sg_nft_match_daddr_set(r, fam_of(f), doh_set[f],
+                                                    ids[3][f]) &&
+                             sg_nft_verdict(r, NFT_GOTO, SG_NFT_BLOCK_CHAIN))))
         return rc;
     }
   }
@@ -417,10 +423,11 @@ int sg_nft_filter_fill(sg_nft_batch_t *b, const sg_nft_filter_opts_t *o,
     ids[3][f] = (*next_set_id)++;
     if ((rc = add_set(b, sg_nft_set(allow_set[f], fam_of(f), NFT_SET_INTERVAL,
                                     0, ids[0][f]))) ||
-        (rc = add_set(b, sg_nft_set(deny_set[f], fam_of(f), NFT_SET_INTERVAL,
-                                    0, ids[1][f]))) ||
-        (rc = add_set(b, sg_nft_set(sg_nft_dyn_set[f], fam_of(f),
-                                    NFT_SET_TIMEOUT, o->dyn_size, ids[2][f]))) ||
+        (rc = add_set(b, sg_nft_set(deny_set[f], fam_of(f), NFT_SET_INTERVAL, 0,
+                                    ids[1][f]))) ||
+        (rc =
+             add_set(b, sg_nft_set(sg_nft_dyn_set[f], fam_of(f),
+                                   NFT_SET_TIMEOUT, o->dyn_size, ids[2][f]))) ||
         (rc = add_set(b, sg_nft_set(doh_set[f], fam_of(f), NFT_SET_INTERVAL, 0,
                                     ids[3][f]))))
       return rc;
@@ -440,8 +447,8 @@ int sg_nft_filter_fill(sg_nft_batch_t *b, const sg_nft_filter_opts_t *o,
 }
 
 int sg_nft_filter_update(const sg_nft_filter_opts_t *o,
-                         const sg_nft_static_t *old,
-                         const sg_nft_static_t *cur, char *err, size_t errlen) {
+                         const sg_nft_static_t *old, const sg_nft_static_t *cur,
+                         char *err, size_t errlen) {
   (void)o;
   if (sg_nft_static_equal(old, cur))
     return 0;
@@ -478,10 +485,11 @@ int sg_nft_filter_update(const sg_nft_filter_opts_t *o,
   rc = sg_nft_batch_count(b) ? sg_nft_batch_send(b, &where) : 0;
   sg_nft_batch_free(b);
   if (rc < 0) {
-    snprintf(err, errlen,
-             "the kernel refused the nftables update of table inet " SG_NFT_TABLE
-             " (%s, at message %d): the previous rules stay",
-             strerror(-rc), where);
+    snprintf(
+        err, errlen,
+        "the kernel refused the nftables update of table inet " SG_NFT_TABLE
+        " (%s, at message %d): the previous rules stay",
+        strerror(-rc), where);
     return rc;
   }
   return 0;

@@ -59,10 +59,10 @@ typedef struct {
 
 /* How the filter is built; fixed for the life of the process. */
 typedef struct {
-  int reject;          /* 1: reject (reset / admin-prohibited); 0: drop */
-  int doh_all;         /* tcp/443 blocked everywhere */
-  sg_ipset_t doh[2];   /* tcp/443 blocked to these (when not doh_all) */
-  uint32_t dyn_size;   /* the most elements a dynamic set holds */
+  int reject;        /* 1: reject (reset / admin-prohibited); 0: drop */
+  int doh_all;       /* tcp/443 blocked everywhere */
+  sg_ipset_t doh[2]; /* tcp/443 blocked to these (when not doh_all) */
+  uint32_t dyn_size; /* the most elements a dynamic set holds */
   uint32_t bypass_mark;
   int exempt[2];       /* the exempt_v4/v6 sets have elements */
   uint32_t exempt_uid; /* whose packets the exemption covers */
@@ -94,7 +94,7 @@ int sg_nft_filter_fill(sg_nft_batch_t *b, const sg_nft_filter_opts_t *o,
  * Nothing is sent when they are equal. Returns 0, or a negative errno with
  * a message in err (the kernel then applied nothing). */
 int sg_nft_filter_update(const sg_nft_filter_opts_t *o,
-                         const sg_nft_static_t *old,
-                         const sg_nft_static_t *cur, char *err, size_t errlen);
+                         const sg_nft_static_t *old, const sg_nft_static_t *cur,
+                         char *err, size_t errlen);
 
 #endif

@@ -88,8 +88,8 @@ static int add_exempt_sets(sg_nft_batch_t *b, const sg_nft_intercept_opts_t *o,
       continue;
     int fam = f ? 6 : 4;
     struct nftnl_set *s = sg_nft_set(sg_nft_exempt_set[f], fam, 0, 0, ids[f]);
-    int rc = s ? sg_nft_batch_add_set(b, NFT_MSG_NEWSET, NLM_F_CREATE, s)
-               : -ENOMEM;
+    int rc =
+        s ? sg_nft_batch_add_set(b, NFT_MSG_NEWSET, NLM_F_CREATE, s) : -ENOMEM;
     if (s)
       nftnl_set_free(s);
     if (rc < 0)

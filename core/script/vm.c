@@ -158,8 +158,8 @@ static int read_list(lua_State *L, int idx, const char *field, sg_ipset_t *set,
     int fam = text ? sg_range_parse(text, &r) : 0;
     if (fam != set->family) {
       snprintf(err, errlen,
-               "%s.%s[%zu] is %s%s%s, expected an IPv%d address or CIDR",
-               where, field, i, text ? "\"" : "", text ? text : "not a string",
+               "%s.%s[%zu] is %s%s%s, expected an IPv%d address or CIDR", where,
+               field, i, text ? "\"" : "", text ? text : "not a string",
                text ? "\"" : "", set->family);
       rc = -EINVAL;
     } else if (sg_ipset_add(set, &r)) {

@@ -65,10 +65,9 @@ static void ipset_parse(void) {
   ASSERT(r.lo == r.hi);
   ASSERT_EQ(sg_range_parse("2001:db8::/32", &r), 6);
   ASSERT(r.hi - r.lo == ((sg_u128)1 << 96) - 1);
-  static const char *const bad[] = {"",          "1.2.3",    "10.0.0.0/33",
-                                    "::/129",    "a",        "1.2.3.4/",
-                                    "1.2.3.4/-1", "1.2.3.4/x", "1.2.3.4 ",
-                                    NULL};
+  static const char *const bad[] = {
+      "",         "1.2.3",      "10.0.0.0/33", "::/129",   "a",
+      "1.2.3.4/", "1.2.3.4/-1", "1.2.3.4/x",   "1.2.3.4 ", NULL};
   for (int i = 0; bad[i]; i++)
     ASSERT_EQ(sg_range_parse(bad[i], &r), 0);
 }
@@ -157,8 +156,8 @@ static int install(const sg_nft_static_t *st) {
 static void filter_install_overlapping(void) {
   static const char *const a4[] = {"10.1.0.0/16", "10.0.0.0/8", "10.0.0.5",
                                    "192.0.2.7", NULL};
-  static const char *const a6[] = {"2001:db8::/32", "2001:db8:1::/48",
-                                   "::/0", NULL};
+  static const char *const a6[] = {"2001:db8::/32", "2001:db8:1::/48", "::/0",
+                                   NULL};
   static const char *const d4[] = {"198.51.100.0/24", "198.51.100.9", NULL};
   sg_nft_static_t st;
   statics_of(&st, 0, a4, a6, d4);
@@ -252,8 +251,8 @@ static sg_dynset_addr_t addr6(const char *ip, uint32_t ttl) {
 }
 
 static sg_dynset_t *dynset(uv_loop_t *loop, uint32_t ack_ms) {
-  sg_dynset_opts_t o = {.grace_s = 60, .min_s = 60, .max_s = 360,
-                        .ack_timeout_ms = ack_ms};
+  sg_dynset_opts_t o = {
+      .grace_s = 60, .min_s = 60, .max_s = 360, .ack_timeout_ms = ack_ms};
   sg_dynset_t *d = NULL;
   char err[256];
   if (sg_dynset_new(loop, &o, &d, err, sizeof(err)))
@@ -343,7 +342,8 @@ static const sg_test_case_t cases[] = {
     {"ipset: normalizes overlapping, contained and adjacent ranges",
      ipset_normalize},
     {"ipset: subtracts ranges", ipset_subtract},
-    {"filter: overlapping prefixes install, normalized", filter_install_overlapping},
+    {"filter: overlapping prefixes install, normalized",
+     filter_install_overlapping},
     {"filter: an update rewrites static sets and the policy, keeps learned "
      "addresses",
      filter_update_keeps_learned},
