@@ -32,8 +32,8 @@
 #define INITIAL_BUCKETS 1024
 
 const double sg_dynset_ack_le[SG_DYNSET_ACK_BUCKETS] = {
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
-    0.005,   0.01,   0.025,   0.05,   0.1,   0.25};
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+    0.0025,  0.005,    0.01,    0.025,  0.05,    0.1,    0.25};
 
 typedef struct batch batch_t;
 typedef struct entry entry_t;
@@ -87,6 +87,7 @@ struct sg_dynset {
   entry_t **buckets;
   size_t nbuckets, nentries;
   sg_dynset_stats_t stats;
+  uint64_t last_refusal_log, refusals_unlogged;
   uint8_t *rbuf;
 };
 
@@ -258,10 +259,21 @@ static void complete(sg_dynset_t *d, batch_t *b) {
       d->stats.ack_bucket[i]++;
   } else {
     d->stats.batches_refused++;
-    sg_log_msg(SG_LOG_ERROR, "nft.add_refused",
-               "the kernel refused adding %zu learned address(es) to the "
-               "allow sets (%s): their answers get SERVFAIL",
-               b->nentries, strerror(-rc));
+    /* One line a second at most: a full set refuses every add. */
+    uint64_t now = now_ms(d);
+    if (now - d->last_refusal_log >= 1000 || d->last_refusal_log == 0) {
+      sg_log_msg(SG_LOG_ERROR, "nft.add_refused",
+                 "the kernel refused adding %zu learned address(es) to the "
+                 "allow sets (%s): their answers get SERVFAIL (%llu more "
+                 "refusals since the last line)",
+                 b->nentries,
+                 rc == -ENFILE ? "the set is full" : strerror(-rc),
+                 (unsigned long long)d->refusals_unlogged);
+      d->last_refusal_log = now;
+      d->refusals_unlogged = 0;
+    } else {
+      d->refusals_unlogged++;
+    }
   }
   batch_done(d, b, rc == 0);
   arm_timeout(d);

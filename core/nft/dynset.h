@@ -39,7 +39,7 @@ typedef struct {
 /* ok: 1 when every address is in the kernel's set, 0 otherwise. */
 typedef void (*sg_dynset_cb)(void *arg, int ok);
 
-#define SG_DYNSET_ACK_BUCKETS 12
+#define SG_DYNSET_ACK_BUCKETS 14
 extern const double sg_dynset_ack_le[SG_DYNSET_ACK_BUCKETS];
 
 typedef struct {
