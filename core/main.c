@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "egress/egress.h"
+#include "ingress/ingress.h"
 
 #define SANDGATE_VERSION "0.1.0"
 
@@ -12,9 +13,11 @@ static const char usage[] =
     "commands:\n"
     "  egress     the egress plane of a sandbox: policy DNS proxy + "
     "interception\n"
+    "  ingress    the gateway: a stable URL for every sandbox port, routed "
+    "by Lua\n"
     "  version    print the version\n"
     "\n"
-    "Not built yet (see README): ingress, portproxy, run, check, test.\n"
+    "Not built yet (see README): portproxy, run, check, test.\n"
     "Run `sandgate <command> --help` for the flags of a command.\n";
 
 int main(int argc, char **argv) {
@@ -26,6 +29,8 @@ int main(int argc, char **argv) {
   const char *cmd = argv[1];
   if (strcmp(cmd, "egress") == 0)
     return sg_egress_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "ingress") == 0)
+    return sg_ingress_main(argc - 1, argv + 1);
   if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
     printf("sandgate %s\n", SANDGATE_VERSION);
     return 0;

@@ -1,6 +1,8 @@
 #include "script/vm.h"
 
 #include <errno.h>
+#include <stdbool.h>
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +78,17 @@ static int on_panic(lua_State *L) {
   sg_log_msg(SG_LOG_ERROR, "script.panic", "unprotected Lua error: %s",
              msg ? msg : "(not a string)");
   abort();
+}
+
+/* sha256(bytes) -> 32 raw bytes: for signed routes. (Also what keeps
+ * libcrypto linked, so the FFI finds its symbols in the process.) */
+static int l_sha256(lua_State *L) {
+  size_t n;
+  const char *d = luaL_checklstring(L, 1, &n);
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  SHA256((const unsigned char *)d, n, md);
+  lua_pushlstring(L, (const char *)md, sizeof(md));
+  return 1;
 }
 
 static int l_budget_exceeded(lua_State *L) {
@@ -219,6 +232,71 @@ const sg_nft_static_t *sg_vm_statics(const sg_vm_t *vm) {
   return vm && vm->has_statics ? &vm->statics : NULL;
 }
 
+/* A new state with the sandbox host loaded: sandgate.host required and
+ * initialized with the natives, its table on top of the stack. */
+static int vm_open(const sg_vm_opts_t *o, sg_vm_t **out, uint32_t *budget,
+                   char *err, size_t errlen) {
+  sg_vm_t *vm = calloc(1, sizeof(*vm));
+  if (!vm) {
+    snprintf(err, errlen, "out of memory");
+    return -ENOMEM;
+  }
+  vm->refs = 1;
+  vm->mem_limit = o->mem_limit ? o->mem_limit : SG_VM_DEFAULT_MEM_LIMIT;
+  vm->call_budget_ms =
+      o->call_budget_ms ? o->call_budget_ms : SG_VM_DEFAULT_CALL_BUDGET_MS;
+  uint32_t load_budget =
+      o->load_budget_ms ? o->load_budget_ms : SG_VM_DEFAULT_LOAD_BUDGET_MS;
+  *budget = load_budget;
+
+  lua_State *L = vm->L = lua_newstate(vm_alloc, vm);
+  if (!L) {
+    vm_free(vm);
+    snprintf(err, errlen, "cannot create a Lua state");
+    return -ENOMEM;
+  }
+  lua_atpanic(L, on_panic);
+  luaL_openlibs(L);
+  lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+
+  /* Shipped modules come from <data_dir>/lua only. */
+  lua_getglobal(L, "package");
+  lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua", o->data_dir,
+                  o->data_dir);
+  lua_setfield(L, -2, "path");
+  lua_pop(L, 1);
+
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "cjson");
+  if (call_bounded(vm, 1, 1, load_budget, err, errlen))
+    goto fail;
+  lua_getfield(L, -1, "encode");
+  lua_setfield(L, LUA_REGISTRYINDEX, "sg.cjson_encode");
+  lua_pop(L, 1);
+
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "sandgate.host");
+  if (call_bounded(vm, 1, 1, load_budget, err, errlen))
+    goto fail;
+  int host = lua_gettop(L);
+  lua_getfield(L, host, "init");
+  lua_newtable(L);
+  lua_pushcfunction(L, l_log);
+  lua_setfield(L, -2, "log");
+  lua_pushcfunction(L, l_budget_exceeded);
+  lua_setfield(L, -2, "budget_exceeded");
+  lua_pushcfunction(L, l_sha256);
+  lua_setfield(L, -2, "sha256");
+  if (call_bounded(vm, 1, 0, load_budget, err, errlen))
+    goto fail;
+  *out = vm;
+  return 0;
+
+fail:
+  vm_free(vm);
+  return -EINVAL;
+}
+
 int sg_vm_new_egress(const sg_vm_opts_t *o, sg_vm_t **out, char *err,
                      size_t errlen) {
   char *owned_src = NULL;
@@ -238,68 +316,23 @@ int sg_vm_new_egress(const sg_vm_opts_t *o, sg_vm_t **out, char *err,
     return -EFBIG;
   }
 
-  sg_vm_t *vm = calloc(1, sizeof(*vm));
-  if (!vm) {
+  sg_vm_t *vm;
+  uint32_t load_budget;
+  int rc = vm_open(o, &vm, &load_budget, err, errlen);
+  if (rc) {
     free(owned_src);
-    snprintf(err, errlen, "out of memory");
-    return -ENOMEM;
+    return rc;
   }
-  vm->refs = 1;
-  vm->mem_limit = o->mem_limit ? o->mem_limit : SG_VM_DEFAULT_MEM_LIMIT;
-  vm->call_budget_ms =
-      o->call_budget_ms ? o->call_budget_ms : SG_VM_DEFAULT_CALL_BUDGET_MS;
-  uint32_t load_budget =
-      o->load_budget_ms ? o->load_budget_ms : SG_VM_DEFAULT_LOAD_BUDGET_MS;
-
-  lua_State *L = vm->L = lua_newstate(vm_alloc, vm);
-  if (!L) {
-    vm_free(vm);
-    free(owned_src);
-    snprintf(err, errlen, "cannot create a Lua state");
-    return -ENOMEM;
-  }
-  lua_atpanic(L, on_panic);
-  luaL_openlibs(L);
-  lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
-
-  /* Shipped modules come from <data_dir>/lua only. */
-  lua_getglobal(L, "package");
-  lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua", o->data_dir,
-                  o->data_dir);
-  lua_setfield(L, -2, "path");
-  lua_pop(L, 1);
-
+  lua_State *L = vm->L;
+  int host = lua_gettop(L);
+  rc = -EINVAL;
   char chunkname[1024];
   snprintf(chunkname, sizeof(chunkname), "@%s",
            o->script_path ? o->script_path : "(uploaded script)");
 
-  /* require "sandgate.host"; host.init(natives); host.egress(src, name, doc)
-   * -> entry, hooks. The entry function stays at stack index 1 for the VM's
-   * life, so a query pushes no registry lookups. */
-  int rc = -EINVAL;
-  lua_getglobal(L, "require");
-  lua_pushstring(L, "cjson");
-  if (call_bounded(vm, 1, 1, load_budget, err, errlen))
-    goto fail;
-  lua_getfield(L, -1, "encode");
-  lua_setfield(L, LUA_REGISTRYINDEX, "sg.cjson_encode");
-  lua_pop(L, 1);
-
-  lua_getglobal(L, "require");
-  lua_pushstring(L, "sandgate.host");
-  if (call_bounded(vm, 1, 1, load_budget, err, errlen))
-    goto fail;
-  int host = lua_gettop(L);
-
-  lua_getfield(L, host, "init");
-  lua_newtable(L);
-  lua_pushcfunction(L, l_log);
-  lua_setfield(L, -2, "log");
-  lua_pushcfunction(L, l_budget_exceeded);
-  lua_setfield(L, -2, "budget_exceeded");
-  if (call_bounded(vm, 1, 0, load_budget, err, errlen))
-    goto fail;
-
+  /* host.egress(src, name, doc, always, want_statics) -> entry, statics.
+   * The entry function stays at stack index 1 for the VM's life, so a
+   * query pushes no registry lookups. */
   lua_getfield(L, host, "egress");
   lua_pushlstring(L, src, src_len);
   lua_pushstring(L, chunkname);
@@ -429,4 +462,158 @@ sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
   }
   lua_settop(L, 1);
   return st;
+}
+
+int sg_vm_new_ingress(const sg_vm_opts_t *o, const char *cfg_json,
+                      sg_vm_t **out, char *err, size_t errlen) {
+  char *owned_src = NULL;
+  const char *src = o->script_src;
+  size_t src_len = o->script_len;
+  if (!src) {
+    int rc = sg_file_read(o->script_path, &owned_src, &src_len, err, errlen);
+    if (rc)
+      return rc;
+    src = owned_src;
+  }
+  if (src_len > SCRIPT_MAX_BYTES) {
+    free(owned_src);
+    snprintf(err, errlen, "script %s is larger than %u bytes",
+             o->script_path ? o->script_path : "(uploaded)", SCRIPT_MAX_BYTES);
+    return -EFBIG;
+  }
+  sg_vm_t *vm;
+  uint32_t load_budget;
+  int rc = vm_open(o, &vm, &load_budget, err, errlen);
+  if (rc) {
+    free(owned_src);
+    return rc;
+  }
+  lua_State *L = vm->L;
+  char chunkname[1024];
+  snprintf(chunkname, sizeof(chunkname), "@%s",
+           o->script_path ? o->script_path : "(uploaded script)");
+  /* require("sandgate.ingress.host").ingress(src, name, cfg) -> entry, kept
+   * at stack index 1. */
+  lua_settop(L, 0);
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "sandgate.ingress.host");
+  rc = call_bounded(vm, 1, 1, load_budget, err, errlen);
+  if (!rc) {
+    lua_getfield(L, -1, "ingress");
+    lua_pushlstring(L, src, src_len);
+    lua_pushstring(L, chunkname);
+    lua_pushstring(L, cfg_json ? cfg_json : "{}");
+    rc = call_bounded(vm, 3, 1, load_budget, err, errlen);
+  }
+  free(owned_src);
+  if (rc || !lua_isfunction(L, -1)) {
+    if (!rc)
+      snprintf(err, errlen, "sandgate.ingress.host returned no entry");
+    vm_free(vm);
+    return -EINVAL;
+  }
+  lua_replace(L, 1);
+  lua_settop(L, 1);
+  lua_gc(L, LUA_GCCOLLECT, 0);
+  lua_gc(L, LUA_GCSETPAUSE, 120);
+  *out = vm;
+  return 0;
+}
+
+/* Copies a Lua string result into a fixed buffer; false when too long. */
+static bool copy_str(lua_State *L, int idx, char *dst, size_t cap) {
+  size_t n = 0;
+  const char *v = lua_tolstring(L, idx, &n);
+  if (!v || n >= cap)
+    return false;
+  memcpy(dst, v, n);
+  dst[n] = 0;
+  return true;
+}
+
+static void route_fail(sg_proxy_route_t *out, const char *fmt, const char *a) {
+  out->status = 500;
+  snprintf(out->message, sizeof(out->message), fmt, a);
+}
+
+void sg_vm_route(sg_vm_t *vm, const sg_proxy_request_t *req,
+                 sg_proxy_route_t *out) {
+  lua_State *L = vm->L;
+  lua_pushvalue(L, 1);
+  lua_pushstring(L, req->method);
+  lua_pushlstring(L, req->target, req->target_len);
+  lua_pushstring(L, req->client_ip);
+  lua_createtable(L, (int)req->nheaders * 2, 0);
+  for (size_t i = 0; i < req->nheaders; i++) {
+    lua_pushlstring(L, req->headers[i].name, req->headers[i].name_len);
+    lua_rawseti(L, -2, (int)(2 * i + 1));
+    lua_pushlstring(L, req->headers[i].value, req->headers[i].value_len);
+    lua_rawseti(L, -2, (int)(2 * i + 2));
+  }
+  vm->timed_out = 0;
+  vm->deadline_ns = uv_hrtime() + (uint64_t)vm->call_budget_ms * 1000000u;
+  vm->enforce = 1;
+  int rc = lua_pcall(L, 4, 7, 0);
+  vm->enforce = 0;
+  vm->deadline_ns = 0;
+  if (rc != 0) {
+    if (rc == LUA_ERRMEM) {
+      lua_gc(L, LUA_GCCOLLECT, 0);
+      route_fail(out, "%s", "routing script exceeded its memory limit");
+    } else if (vm->timed_out) {
+      route_fail(out, "%s", "routing script exceeded its time budget");
+    } else {
+      const char *msg = lua_tostring(L, -1);
+      route_fail(out, "routing script failed: %s", msg ? msg : "?");
+    }
+    lua_settop(L, 1);
+    return;
+  }
+  /* Results at -7..-1: status, host|message, port, path, set, remove,
+   * keep_host. */
+  int status = (int)lua_tointeger(L, -7);
+  if (status != 0) {
+    out->status = status >= 400 && status <= 599 ? status : 500;
+    if (!copy_str(L, -6, out->message, sizeof(out->message)))
+      snprintf(out->message, sizeof(out->message), "request refused");
+    lua_settop(L, 1);
+    return;
+  }
+  int port = (int)lua_tointeger(L, -5);
+  if (!copy_str(L, -6, out->host, sizeof(out->host)) ||
+      !copy_str(L, -4, out->path, sizeof(out->path)) || port < 1 ||
+      port > 65535) {
+    route_fail(out, "%s",
+               "routing script returned a route without a valid host, port "
+               "and path");
+    lua_settop(L, 1);
+    return;
+  }
+  out->port = (uint16_t)port;
+  out->keep_host = lua_toboolean(L, -1);
+  out->nset = out->nremove = 0;
+  if (lua_istable(L, -3)) {
+    size_t n = lua_objlen(L, -3);
+    for (size_t i = 1; i + 1 <= n && out->nset < SG_PROXY_MAX_SET_HEADERS;
+         i += 2) {
+      lua_rawgeti(L, -3, (int)i);
+      lua_rawgeti(L, -4, (int)i + 1);
+      if (copy_str(L, -2, out->set_name[out->nset], 64) &&
+          copy_str(L, -1, out->set_value[out->nset], 512))
+        out->nset++;
+      lua_pop(L, 2);
+    }
+  }
+  if (lua_istable(L, -2)) {
+    size_t n = lua_objlen(L, -2);
+    for (size_t i = 1; i <= n && out->nremove < SG_PROXY_MAX_REMOVE_HEADERS;
+         i++) {
+      lua_rawgeti(L, -2, (int)i);
+      if (copy_str(L, -1, out->remove[out->nremove], 64))
+        out->nremove++;
+      lua_pop(L, 1);
+    }
+  }
+  out->status = 0;
+  lua_settop(L, 1);
 }

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "nft/filter.h"
+#include "proxy/proxy.h"
 
 typedef struct sg_vm sg_vm_t;
 
@@ -84,6 +85,16 @@ sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
  * policy's deny addresses minus allow.always, plus deny.always; allow is the
  * policy's allow addresses plus allow.always. NULL without want_statics. */
 const sg_nft_static_t *sg_vm_statics(const sg_vm_t *vm);
+
+/* Builds an ingress VM: the routing script loaded by sandgate.ingress.host
+ * with cfg_json (mode, routes, DNS template, keys). Errors as for egress. */
+int sg_vm_new_ingress(const sg_vm_opts_t *opts, const char *cfg_json,
+                      sg_vm_t **out, char *err, size_t errlen);
+
+/* Asks the routing script where a request goes. Never fails open: a script
+ * error or a malformed result is a 500 with the reason in out->message. */
+void sg_vm_route(sg_vm_t *vm, const sg_proxy_request_t *req,
+                 sg_proxy_route_t *out);
 
 /* Bytes currently held by the state (for /metrics and the RSS budget). */
 size_t sg_vm_mem_used(const sg_vm_t *vm);

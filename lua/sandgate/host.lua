@@ -58,6 +58,7 @@ end
 local function allowed_module(name)
   if name == "cjson" or name == "cjson.safe" then return true end
   return str_match(name, "^sandgate%.[%w_%.]+$") ~= nil and name ~= "sandgate.host"
+    and name ~= "sandgate.ingress.host"
 end
 
 local function sandbox_env()
@@ -302,5 +303,10 @@ end
 
 M.decode_policy = decode_policy
 M.sandbox_env = sandbox_env
+-- For the ingress host (sandgate.ingress.host), which loads routing scripts
+-- exactly as egress scripts are loaded.
+M.load_script = load_script
+M.check_hook = check_hook
+M.describe = describe
 
 return M
