@@ -39,6 +39,7 @@ static const char usage[] =
     "  --listen ADDR          SANDGATE_INGRESS_LISTEN: listener address (0.0.0.0)\n"
     "  --mode header|uri      SANDGATE_INGRESS_MODE: the shipped routing script to use (header)\n"
     "  --script FILE          SANDGATE_INGRESS_SCRIPT: a custom routing script instead\n"
+    "  --script-config FILE   SANDGATE_INGRESS_SCRIPT_CONFIG: JSON the script gets as ctx.config.script_config\n"
     "  --routes FILE          SANDGATE_INGRESS_ROUTES: sandbox id -> backend (JSON; reloaded on change)\n"
     "  --dns-template T       SANDGATE_INGRESS_DNS_TEMPLATE: backend host name, e.g. {id}.sandboxes.svc\n"
     "  --secure-access-keys L SANDGATE_INGRESS_SECURE_ACCESS_KEYS: id=base64,... signing keys\n"
@@ -58,6 +59,7 @@ typedef struct {
   const char *mode;
   const char *script;
   const char *routes;
+  const char *script_config;
   const char *dns_template;
   const char *keys;
   sg_ipset_t trusted[2];
@@ -95,9 +97,9 @@ struct ingress {
   int nworkers;
   sg_http_server_t *admin;
   uv_signal_t sighup, sigterm, sigint;
-  uv_fs_event_t watch_script, watch_routes;
+  uv_fs_event_t watch_script, watch_routes, watch_config;
   uv_timer_t debounce;
-  struct stat seen_script, seen_routes;
+  struct stat seen_script, seen_routes, seen_config;
   uint64_t reloads, reload_failures;
   int stopping;
 };
@@ -127,6 +129,7 @@ enum {
   O_MODE,
   O_SCRIPT,
   O_ROUTES,
+  O_SCRIPT_CONFIG,
   O_TEMPLATE,
   O_KEYS,
   O_TRUSTED,
@@ -146,6 +149,7 @@ static const struct option long_opts[] = {
     {"mode", required_argument, NULL, O_MODE},
     {"script", required_argument, NULL, O_SCRIPT},
     {"routes", required_argument, NULL, O_ROUTES},
+    {"script-config", required_argument, NULL, O_SCRIPT_CONFIG},
     {"dns-template", required_argument, NULL, O_TEMPLATE},
     {"secure-access-keys", required_argument, NULL, O_KEYS},
     {"trusted-proxies", required_argument, NULL, O_TRUSTED},
@@ -172,6 +176,7 @@ static int load_config(config_t *c, int argc, char **argv, char *err,
   c->mode = env("SANDGATE_INGRESS_MODE");
   c->script = env("SANDGATE_INGRESS_SCRIPT");
   c->routes = env("SANDGATE_INGRESS_ROUTES");
+  c->script_config = env("SANDGATE_INGRESS_SCRIPT_CONFIG");
   c->dns_template = env("SANDGATE_INGRESS_DNS_TEMPLATE");
   c->keys = env("SANDGATE_INGRESS_SECURE_ACCESS_KEYS");
   optind = 1;
@@ -184,6 +189,7 @@ static int load_config(config_t *c, int argc, char **argv, char *err,
     case O_MODE: c->mode = optarg; break;
     case O_SCRIPT: c->script = optarg; break;
     case O_ROUTES: c->routes = optarg; break;
+    case O_SCRIPT_CONFIG: c->script_config = optarg; break;
     case O_TEMPLATE: c->dns_template = optarg; break;
     case O_KEYS: c->keys = optarg; break;
     case O_TRUSTED: trusted = optarg; break;
@@ -317,15 +323,21 @@ static void json_str(FILE *f, const char *s) {
 /* The configuration the Lua host gets: mode, the routes file's document,
  * the DNS template and the keys. */
 static char *build_cfg(const ingress_t *g, char *err, size_t errlen) {
-  char *routes = NULL;
+  char *routes = NULL, *extra = NULL;
   if (g->cfg.routes &&
       sg_file_read(g->cfg.routes, &routes, NULL, err, errlen))
     return NULL;
+  if (g->cfg.script_config &&
+      sg_file_read(g->cfg.script_config, &extra, NULL, err, errlen)) {
+    free(routes);
+    return NULL;
+  }
   char *out = NULL;
   size_t len = 0;
   FILE *f = open_memstream(&out, &len);
   if (!f) {
     free(routes);
+    free(extra);
     snprintf(err, errlen, "out of memory");
     return NULL;
   }
@@ -333,6 +345,8 @@ static char *build_cfg(const ingress_t *g, char *err, size_t errlen) {
   json_str(f, strcasecmp(g->cfg.mode, "uri") == 0 ? "uri" : "header");
   fputs(",\"routes\":", f);
   fputs(routes && *routes ? routes : "null", f);
+  fputs(",\"script_config\":", f);
+  fputs(extra && *extra ? extra : "null", f);
   fputs(",\"dns_template\":", f);
   if (g->cfg.dns_template)
     json_str(f, g->cfg.dns_template);
@@ -360,6 +374,7 @@ static char *build_cfg(const ingress_t *g, char *err, size_t errlen) {
   fputs("}}", f);
   fclose(f);
   free(routes);
+  free(extra);
   return out;
 }
 
@@ -394,6 +409,7 @@ static int reload(ingress_t *g, const char *trigger, char *err,
   sg_vm_t *vms[MAX_WORKERS];
   remember(g->cfg.script, &g->seen_script);
   remember(g->cfg.routes, &g->seen_routes);
+  remember(g->cfg.script_config, &g->seen_config);
   int rc = 0, built = 0;
   for (; built < g->nworkers && !rc; built++)
     rc = build_vm(g, &vms[built], err, errlen);
@@ -430,7 +446,8 @@ static int reload(ingress_t *g, const char *trigger, char *err,
 static void on_debounce(uv_timer_t *t) {
   ingress_t *g = t->data;
   if (!changed(g->cfg.script, &g->seen_script) &&
-      !changed(g->cfg.routes, &g->seen_routes))
+      !changed(g->cfg.routes, &g->seen_routes) &&
+      !changed(g->cfg.script_config, &g->seen_config))
     return;
   char err[1024];
   reload(g, "file-change", err, sizeof(err));
@@ -639,6 +656,7 @@ static void on_signal(uv_signal_t *h, int signum) {
   close_handle((uv_handle_t *)&g->sigint);
   close_handle((uv_handle_t *)&g->watch_script);
   close_handle((uv_handle_t *)&g->watch_routes);
+  close_handle((uv_handle_t *)&g->watch_config);
   close_handle((uv_handle_t *)&g->debounce);
   stop_workers(g);
 }
@@ -701,6 +719,7 @@ int sg_ingress_main(int argc, char **argv) {
   g.loop = uv_default_loop();
   remember(g.cfg.script, &g.seen_script);
   remember(g.cfg.routes, &g.seen_routes);
+  remember(g.cfg.script_config, &g.seen_config);
   int started = 0;
   for (int i = 0; i < g.cfg.workers; i++) {
     g.nworkers = i + 1;
@@ -732,6 +751,7 @@ int sg_ingress_main(int argc, char **argv) {
   g.debounce.data = &g;
   watch_dir(&g, &g.watch_script, g.cfg.script);
   watch_dir(&g, &g.watch_routes, g.cfg.routes);
+  watch_dir(&g, &g.watch_config, g.cfg.script_config);
   {
     sg_logline_t l;
     char a[SG_ADDRSTR_MAX];
