@@ -4,6 +4,7 @@
 
 #include "egress/egress.h"
 #include "ingress/ingress.h"
+#include "portproxy/portproxy.h"
 
 #define SANDGATE_VERSION "0.1.0"
 
@@ -15,9 +16,11 @@ static const char usage[] =
     "interception\n"
     "  ingress    the gateway: a stable URL for every sandbox port, routed "
     "by Lua\n"
+    "  portproxy  the in-sandbox /proxy/{port} proxy: one published port "
+    "reaches every port\n"
     "  version    print the version\n"
     "\n"
-    "Not built yet (see README): portproxy, run, check, test.\n"
+    "Not built yet (see README): run, check, test.\n"
     "Run `sandgate <command> --help` for the flags of a command.\n";
 
 int main(int argc, char **argv) {
@@ -31,6 +34,8 @@ int main(int argc, char **argv) {
     return sg_egress_main(argc - 1, argv + 1);
   if (strcmp(cmd, "ingress") == 0)
     return sg_ingress_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "portproxy") == 0)
+    return sg_portproxy_main(argc - 1, argv + 1);
   if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
     printf("sandgate %s\n", SANDGATE_VERSION);
     return 0;

@@ -494,7 +494,19 @@ static const char *reason(int status) {
 
 /* Answers the current request with an error. keep: the connection may go
  * on (the request had no body left unread). */
+static void send_reply(client_t *c, int status, const char *ctype,
+                       const char *msg, bool keep);
+
+/* An error of the engine itself (or of the route without a content type):
+ * text/plain, the prefix, the message, a newline. */
 static void send_error(client_t *c, int status, const char *msg, bool keep) {
+  if (c->p->o.plain_errors)
+    msg = reason(status);
+  send_reply(c, status, NULL, msg, keep);
+}
+
+static void send_reply(client_t *c, int status, const char *ctype,
+                       const char *msg, bool keep) {
   sg_proxy_t *p = c->p;
   if (c->responded) {
     /* A response is already under way: all we can do is cut it. */
@@ -510,15 +522,17 @@ static void send_error(client_t *c, int status, const char *msg, bool keep) {
     p->stats.errors_504++;
   keep = keep && c->keep_alive && !p->draining;
   sb_t s = {0};
-  /* A local answer (GET /status.ok) is just its text. */
-  const char *prefix = p->o.error_prefix && status >= 400 ? p->o.error_prefix
-                                                          : "";
-  const char *nl = status >= 400 ? "\n" : "";
+  /* A local answer (GET /status.ok) or one with its own content type is
+   * just its text. */
+  bool raw = ctype || status < 400;
+  const char *prefix = p->o.error_prefix && !raw ? p->o.error_prefix : "";
+  const char *nl = raw ? "" : "\n";
   size_t blen = strlen(prefix) + strlen(msg) + strlen(nl);
   sb_fmt(&s,
-         "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+         "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
          "Content-Length: %zu\r\n",
-         status, reason(status), blen);
+         status, reason(status), ctype ? ctype : "text/plain; charset=utf-8",
+         blen);
   if (p->o.powered_by)
     sb_fmt(&s, "Reverse-Proxy-Server-PowerBy: %s\r\n", p->o.powered_by);
   if (status == 503)
@@ -1213,6 +1227,7 @@ static int q_headers_complete(llhttp_t *hp) {
   sg_proxy_route_t *rt = &p->route;
   rt->status = 500;
   rt->message[0] = 0;
+  rt->content_type[0] = 0;
   rt->host[0] = 0;
   rt->path[0] = 0;
   rt->port = 0;
@@ -1229,7 +1244,8 @@ static int q_headers_complete(llhttp_t *hp) {
   c->state = C_BODY;
   if (rt->status != 0) {
     /* Without a body left to read, the connection can go on. */
-    send_error(c, rt->status, rt->message[0] ? rt->message : "error",
+    send_reply(c, rt->status, rt->content_type[0] ? rt->content_type : NULL,
+               rt->message[0] ? rt->message : "error",
                !c->req_has_body && !c->upgrade);
     return c->state == C_CLOSING || c->ending ? HPE_PAUSED : 0;
   }

@@ -39,7 +39,10 @@ typedef struct {
  * buffers given. */
 typedef struct {
   int status;         /* 0: forward; >= 400: answer with this status */
-  char message[512];  /* error body after "OpenSandbox Ingress: " */
+  char message[512];  /* error body after the engine's error prefix */
+  /* With a content type, message is the whole body as is (no prefix, no
+   * newline): a JSON error, for example. */
+  char content_type[64];
   char host[256];     /* backend: an IP address or a DNS name */
   uint16_t port;
   char path[8192];    /* the request-target sent to the backend */
@@ -60,6 +63,9 @@ typedef struct {
   sg_proxy_route_cb route;
   void *route_ctx;
   const char *error_prefix;    /* "OpenSandbox Ingress: " */
+  /* The engine's own errors (502, 504, 431, 400) say only their reason
+   * phrase ("Bad Gateway"), as Go's http.Error does in execd's proxy. */
+  int plain_errors;
   const char *powered_by;      /* response header value, or NULL */
   const sg_ipset_t *trusted;   /* [2]: proxies whose X-Forwarded-* count */
   uint32_t header_timeout_ms;  /* a request head must arrive within this */
