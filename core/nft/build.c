@@ -21,12 +21,14 @@
 #define IPV4_DADDR_OFFSET 16
 #define IPV6_DADDR_OFFSET 24
 
-struct nftnl_table *sg_nft_table(void) {
+struct nftnl_table *sg_nft_table(void) { return sg_nft_table_named(SG_NFT_TABLE); }
+
+struct nftnl_table *sg_nft_table_named(const char *name) {
   struct nftnl_table *t = nftnl_table_alloc();
   if (!t)
     return NULL;
   nftnl_table_set_u32(t, NFTNL_TABLE_FAMILY, NFPROTO_INET);
-  if (nftnl_table_set_str(t, NFTNL_TABLE_NAME, SG_NFT_TABLE) < 0) {
+  if (nftnl_table_set_str(t, NFTNL_TABLE_NAME, name) < 0) {
     nftnl_table_free(t);
     return NULL;
   }
@@ -34,11 +36,15 @@ struct nftnl_table *sg_nft_table(void) {
 }
 
 struct nftnl_chain *sg_nft_chain(const char *name) {
+  return sg_nft_chain_in(SG_NFT_TABLE, name);
+}
+
+struct nftnl_chain *sg_nft_chain_in(const char *table, const char *name) {
   struct nftnl_chain *c = nftnl_chain_alloc();
   if (!c)
     return NULL;
   nftnl_chain_set_u32(c, NFTNL_CHAIN_FAMILY, NFPROTO_INET);
-  if (nftnl_chain_set_str(c, NFTNL_CHAIN_TABLE, SG_NFT_TABLE) < 0 ||
+  if (nftnl_chain_set_str(c, NFTNL_CHAIN_TABLE, table) < 0 ||
       nftnl_chain_set_str(c, NFTNL_CHAIN_NAME, name) < 0) {
     nftnl_chain_free(c);
     return NULL;
@@ -48,7 +54,13 @@ struct nftnl_chain *sg_nft_chain(const char *name) {
 
 struct nftnl_chain *sg_nft_base_chain(const char *name, const char *type,
                                       uint32_t hook, int prio, int policy) {
-  struct nftnl_chain *c = sg_nft_chain(name);
+  return sg_nft_base_chain_in(SG_NFT_TABLE, name, type, hook, prio, policy);
+}
+
+struct nftnl_chain *sg_nft_base_chain_in(const char *table, const char *name,
+                                         const char *type, uint32_t hook,
+                                         int prio, int policy) {
+  struct nftnl_chain *c = sg_nft_chain_in(table, name);
   if (!c)
     return NULL;
   nftnl_chain_set_u32(c, NFTNL_CHAIN_HOOKNUM, hook);
@@ -63,11 +75,15 @@ struct nftnl_chain *sg_nft_base_chain(const char *name, const char *type,
 }
 
 struct nftnl_rule *sg_nft_rule(const char *chain) {
+  return sg_nft_rule_in(SG_NFT_TABLE, chain);
+}
+
+struct nftnl_rule *sg_nft_rule_in(const char *table, const char *chain) {
   struct nftnl_rule *r = nftnl_rule_alloc();
   if (!r)
     return NULL;
   nftnl_rule_set_u32(r, NFTNL_RULE_FAMILY, NFPROTO_INET);
-  if (nftnl_rule_set_str(r, NFTNL_RULE_TABLE, SG_NFT_TABLE) < 0 ||
+  if (nftnl_rule_set_str(r, NFTNL_RULE_TABLE, table) < 0 ||
       nftnl_rule_set_str(r, NFTNL_RULE_CHAIN, chain) < 0) {
     nftnl_rule_free(r);
     return NULL;
@@ -281,4 +297,20 @@ bool sg_nft_add_interval_elems(struct nftnl_set *s, const sg_ipset_t *set,
 bool sg_nft_add_addr_elem(struct nftnl_set *s, int family, const uint8_t *addr,
                           uint64_t timeout_ms) {
   return add_elem(s, addr, family == 4 ? 4 : 16, 0, timeout_ms);
+}
+
+bool sg_nft_bitwise_mask(struct nftnl_rule *r, const void *mask, uint32_t len) {
+  struct nftnl_expr *e = new_expr(r, "bitwise");
+  if (!e)
+    return false;
+  uint8_t zero[16] = {0};
+  nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_SREG, NFT_REG_1);
+  nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_DREG, NFT_REG_1);
+  nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_LEN, len);
+  return nftnl_expr_set(e, NFTNL_EXPR_BITWISE_MASK, mask, len) == 0 &&
+         nftnl_expr_set(e, NFTNL_EXPR_BITWISE_XOR, zero, len) == 0;
+}
+
+bool sg_nft_masquerade(struct nftnl_rule *r) {
+  return new_expr(r, "masq") != NULL;
 }

@@ -24,6 +24,14 @@ struct nftnl_set;
 
 struct nftnl_table *sg_nft_table(void);
 
+/* The same objects in another inet table (sandgate run's NAT table). */
+struct nftnl_table *sg_nft_table_named(const char *name);
+struct nftnl_chain *sg_nft_chain_in(const char *table, const char *name);
+struct nftnl_chain *sg_nft_base_chain_in(const char *table, const char *name,
+                                         const char *type, uint32_t hook,
+                                         int prio, int policy);
+struct nftnl_rule *sg_nft_rule_in(const char *table, const char *chain);
+
 /* A base chain (type "filter"/"nat", a NF_INET_* hook, a priority). policy
  * is NF_ACCEPT or NF_DROP, or -1 to leave it out (nat chains). */
 struct nftnl_chain *sg_nft_base_chain(const char *name, const char *type,
@@ -54,6 +62,10 @@ bool sg_nft_verdict(struct nftnl_rule *r, int verdict, const char *chain);
 bool sg_nft_reject(struct nftnl_rule *r, uint32_t type, uint8_t code);
 /* redirect to a local port */
 bool sg_nft_redirect(struct nftnl_rule *r, uint16_t port);
+/* reg1 &= mask (len bytes) */
+bool sg_nft_bitwise_mask(struct nftnl_rule *r, const void *mask, uint32_t len);
+/* masquerade (source NAT to the outgoing interface's address) */
+bool sg_nft_masquerade(struct nftnl_rule *r);
 
 /* Common matches, each one or more of the expressions above. */
 bool sg_nft_match_nfproto(struct nftnl_rule *r, int family /* 4 or 6 */);
