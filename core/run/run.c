@@ -16,6 +16,7 @@
 #include "run/run.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -227,6 +228,49 @@ static bool pid_alive(pid_t pid) {
 
 static void remove_nat(const char *table);
 
+/* Ends every process still in the network namespace with inode ino (the
+ * orphans of a killed run: its egress plane, its port proxy, CMD). The
+ * inode comes from the run's pid file: /run/netns/<name> may not show the
+ * namespace in this mount namespace (`ip netns exec` makes / a slave). */
+static void kill_netns_procs(unsigned long ino) {
+  char path[300];
+  struct stat st;
+  if (!ino)
+    return;
+  DIR *d = opendir("/proc");
+  if (!d)
+    return;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    char *end;
+    long pid = strtol(e->d_name, &end, 10);
+    if (*end || pid <= 1 || pid == (long)getpid())
+      continue;
+    snprintf(path, sizeof(path), "/proc/%ld/ns/net", pid);
+    if (stat(path, &st) == 0 && st.st_ino == ino)
+      kill((pid_t)pid, SIGKILL);
+  }
+  closedir(d);
+}
+
+/* Removes a run's directory and what it holds. */
+static void remove_run_dir(const char *dir, bool keep_logs) {
+  char path[128];
+  static const char *const files[] = {"pid", "resolv.conf", "portproxy.log",
+                                      NULL};
+  for (int i = 0; files[i]; i++) {
+    snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
+    unlink(path);
+  }
+  snprintf(path, sizeof(path), "%s/rules", dir);
+  rmdir(path);
+  if (!keep_logs) {
+    snprintf(path, sizeof(path), "%s/egress.log", dir);
+    unlink(path);
+  }
+  rmdir(dir);
+}
+
 /* A namespace of a run whose supervisor is gone (killed with SIGKILL). */
 static void remove_stale(int n) {
   char path[96], ns[32], table[40];
@@ -234,19 +278,20 @@ static void remove_stale(int n) {
   char *text = NULL, err[128];
   if (sg_file_read(path, &text, NULL, err, sizeof(err)) != 0)
     return;
-  pid_t pid = (pid_t)atol(text);
+  long pid_l = 0;
+  unsigned long ino = 0;
+  sscanf(text, "%ld %lu", &pid_l, &ino);
+  pid_t pid = (pid_t)pid_l;
   free(text);
   if (pid_alive(pid))
     return;
   snprintf(ns, sizeof(ns), "sgrun-%d", n);
   snprintf(table, sizeof(table), "sandgate_run_%d", n);
+  kill_netns_procs(ino);
   ip_cmd(true, "netns del %s", ns);
   remove_nat(table);
-  unlink(path);
-  snprintf(path, sizeof(path), RUN_DIR "/sgrun-%d/resolv.conf", n);
-  unlink(path);
   snprintf(path, sizeof(path), RUN_DIR "/sgrun-%d", n);
-  rmdir(path);
+  remove_run_dir(path, false);
   say("removed sgrun-%d, left by a run that was killed (pid %ld)", n,
       (long)pid);
 }
@@ -275,9 +320,12 @@ static int claim_index(run_t *r) {
              n);
     snprintf(r->dir, sizeof(r->dir), RUN_DIR "/%s", ns);
     mkdir(r->dir, 0755);
-    char path[96], pid[32];
+    char path[96], pid[64];
+    struct stat st;
+    snprintf(path, sizeof(path), "/run/netns/%s", ns);
+    unsigned long ino = stat(path, &st) == 0 ? (unsigned long)st.st_ino : 0;
     snprintf(path, sizeof(path), "%s/pid", r->dir);
-    int len = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    int len = snprintf(pid, sizeof(pid), "%ld %lu\n", (long)getpid(), ino);
     char err[128];
     sg_file_write_atomic(path, pid, (size_t)len, err, sizeof(err));
     return 0;
@@ -700,22 +748,8 @@ static void cleanup(run_t *r) {
       fclose(f);
     }
   }
-  if (r->dir[0]) {
-    char path[128];
-    static const char *const files[] = {"pid", "resolv.conf", "portproxy.log",
-                                        NULL};
-    for (int i = 0; files[i]; i++) {
-      snprintf(path, sizeof(path), "%s/%s", r->dir, files[i]);
-      unlink(path);
-    }
-    snprintf(path, sizeof(path), "%s/rules", r->dir);
-    rmdir(path);
-    if (!r->o.keep_logs) {
-      snprintf(path, sizeof(path), "%s/egress.log", r->dir);
-      unlink(path);
-    }
-    rmdir(r->dir);
-  }
+  if (r->dir[0])
+    remove_run_dir(r->dir, r->o.keep_logs);
 }
 
 static void close_all(run_t *r) {
