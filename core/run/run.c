@@ -107,6 +107,7 @@ typedef struct {
   char host_ip[16], sb_ip[16], dir[64];
   char token[65];
   int netns_made, nat_made, forward_changed;
+  unsigned long ns_ino; /* the namespace's inode, to find its processes */
   pid_t egress, portproxy, cmd;
   int cmd_status;
   uv_loop_t *loop;
@@ -324,6 +325,7 @@ static int claim_index(run_t *r) {
     struct stat st;
     snprintf(path, sizeof(path), "/run/netns/%s", ns);
     unsigned long ino = stat(path, &st) == 0 ? (unsigned long)st.st_ino : 0;
+    r->ns_ino = ino;
     snprintf(path, sizeof(path), "%s/pid", r->dir);
     int len = snprintf(pid, sizeof(pid), "%ld %lu\n", (long)getpid(), ino);
     char err[128];
@@ -729,6 +731,8 @@ static void cleanup(run_t *r) {
   }
   stop_child(&r->portproxy);
   stop_child(&r->egress);
+  /* What CMD left running in the background goes with the namespace. */
+  kill_netns_procs(r->ns_ino);
   if (r->netns_made)
     ip_cmd(true, "netns del %s", r->ns); /* the veth pair goes with it */
   if (r->nat_made)
