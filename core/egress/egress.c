@@ -693,8 +693,13 @@ static int load_initial_policy(egress_t *e) {
   }
   if (e->cfg.rules) {
     if (build_vm(e, e->cfg.rules, &e->vm, err, sizeof(err))) {
-      sg_log_msg(SG_LOG_ERROR, "egress.start_failed",
-                 "invalid OPENSANDBOX_EGRESS_RULES: %s", err);
+      /* The document or the script: say which. */
+      if (strncmp(err, "invalid policy", 14) == 0)
+        sg_log_msg(SG_LOG_ERROR, "egress.start_failed",
+                   "invalid OPENSANDBOX_EGRESS_RULES: %s", err);
+      else
+        sg_log_msg(SG_LOG_ERROR, "egress.start_failed",
+                   "cannot load policy script %s: %s", e->script_path, err);
       return -EINVAL;
     }
     /* Keep one copy of the document: take over the flag's file buffer, or

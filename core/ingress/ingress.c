@@ -327,6 +327,15 @@ static char *build_cfg(const ingress_t *g, char *err, size_t errlen) {
   if (g->cfg.routes &&
       sg_file_read(g->cfg.routes, &routes, NULL, err, errlen))
     return NULL;
+  /* An empty file is a write in progress (truncate, then write), not an
+   * empty table: that is `{}`. */
+  if (routes && routes[strspn(routes, " \t\r\n")] == 0) {
+    snprintf(err, errlen,
+             "routes file %s is empty (an empty routes table is {})",
+             g->cfg.routes);
+    free(routes);
+    return NULL;
+  }
   if (g->cfg.script_config &&
       sg_file_read(g->cfg.script_config, &extra, NULL, err, errlen)) {
     free(routes);

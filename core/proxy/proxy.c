@@ -1129,8 +1129,14 @@ static bool build_request(client_t *c, const sg_proxy_route_t *rt) {
   }
   sb_str(&s, "X-Forwarded-For: ");
   if (trusted && xff) {
-    sb_add(&s, xff, xl);
-    sb_str(&s, ", ");
+    /* Every X-Forwarded-For line of a trusted proxy, in order. */
+    for (size_t i = 0; i < h->nh; i++) {
+      const hdr_t *x = &h->h[i];
+      if (!name_is(h, x, "x-forwarded-for") || x->vl == 0)
+        continue;
+      sb_add(&s, h->b + x->v, x->vl);
+      sb_str(&s, ", ");
+    }
   }
   sb_str(&s, c->ip);
   sb_str(&s, "\r\nX-Forwarded-Proto: ");
