@@ -73,6 +73,10 @@ struct upstream {
   int chunk_out;   /* the client gets the body re-chunked */
   int close_after; /* the client connection ends with this response */
   int done;        /* the response is complete (set inside the parser) */
+  /* The response head for the client, held back so that it goes out in
+   * one write with the first body bytes. */
+  char *head_out;
+  size_t head_out_len;
   int reading;
   int handles;
 };
@@ -123,6 +127,7 @@ struct sg_proxy {
   int pooled;
   sg_proxy_stats_t stats;
   char *rbuf;             /* the shared read buffer of client connections */
+  char *ubuf;             /* and of backend connections */
   sg_resolver_t *resolver;
   sg_proxy_route_t route; /* scratch for the route callback */
   int draining;
@@ -332,6 +337,7 @@ static void on_upstream_closed(uv_handle_t *h) {
     return;
   sg_proxy_t *p = u->p;
   free(u->head.b);
+  free(u->head_out);
   free(u);
   p->handles--;
   maybe_done_draining(p);
@@ -584,15 +590,19 @@ static void arm_up_timer(upstream_t *u, uint32_t ms) {
     uv_timer_stop(&u->timer);
 }
 
+/* Backend reads share one buffer per engine: a read is handled completely
+ * (parsed, copied into writes) before the next one. */
 static void up_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
-  (void)h;
   (void)suggested;
-  buf->base = malloc(READ_CHUNK);
-  buf->len = buf->base ? READ_CHUNK : 0;
+  upstream_t *u = h->data;
+  buf->base = u->p->ubuf;
+  buf->len = READ_CHUNK;
 }
 
 static void start_tunnel(client_t *c, upstream_t *u, const char *rest,
                          size_t rest_len);
+static bool head_with(upstream_t *u, client_t *c, const char *a, size_t an,
+                      const char *b, size_t bn);
 
 /* Retries the request on a fresh connection (a pooled one went away before
  * answering). Returns true when a retry is under way. */
@@ -602,17 +612,14 @@ static void on_up_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   upstream_t *u = s->data;
   client_t *c = u->c;
   if (n == 0) {
-    free(buf->base);
     return;
   }
   if (u->state == U_IDLE) {
     /* A pooled connection said something or closed: it is done. */
-    free(buf->base);
     upstream_close(u);
     return;
   }
   if (n < 0) {
-    free(buf->base);
     if (!c) {
       upstream_close(u);
       return;
@@ -645,14 +652,12 @@ static void on_up_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     return;
   }
   if (!c) {
-    free(buf->base);
     upstream_close(u);
     return;
   }
   arm_up_timer(u, c->p->o.idle_timeout_ms);
   if (u->state == U_TUNNEL) {
     to_client(c, buf->base, (size_t)n);
-    free(buf->base);
     if (writes_backed_up((uv_stream_t *)&c->tcp)) {
       uv_read_stop(s);
       u->reading = 0;
@@ -663,7 +668,6 @@ static void on_up_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   llhttp_errno_t err = llhttp_execute(&u->parser, buf->base, (size_t)n);
   if (u->done && u->c) {
     u->done = 0;
-    free(buf->base);
     exchange_done(u->c);
     return;
   }
@@ -681,7 +685,10 @@ static void on_up_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     else
       client_close(cc);
   }
-  free(buf->base);
+  /* A head whose body did not come in the same read goes out alone: an
+   * event stream's client must see it before the first event. */
+  if (u->c && u->head_out)
+    head_with(u, u->c, NULL, 0, NULL, 0);
   if (u->c && u->state == U_BUSY && writes_backed_up((uv_stream_t *)&c->tcp)) {
     uv_read_stop(s);
     u->reading = 0;
@@ -789,13 +796,34 @@ static int r_headers_complete(llhttp_t *hp) {
     c->responded = 1;
     p->stats.responses_by_class[status / 100 % 6]++;
   }
-  bool ok = !s.oom && to_client(c, s.b, s.len);
-  free(s.b);
-  if (!ok)
+  if (s.oom) {
+    free(s.b);
     return -1;
-  if (switching)
-    return 2; /* no body; the rest is the tunnel */
-  return no_body ? 1 : 0;
+  }
+  if (informational || switching || no_body) {
+    bool ok = to_client(c, s.b, s.len);
+    free(s.b);
+    if (!ok)
+      return -1;
+    if (switching)
+      return 2; /* no body; the rest is the tunnel */
+    return no_body ? 1 : 0;
+  }
+  free(u->head_out);
+  u->head_out = s.b;
+  u->head_out_len = s.len;
+  return 0;
+}
+
+/* The held response head goes out now, with `a` and `b` after it. */
+static bool head_with(upstream_t *u, client_t *c, const char *a, size_t an,
+                      const char *b, size_t bn) {
+  bool ok = send_bytes((uv_stream_t *)&c->tcp, on_client_written, u->head_out,
+                       u->head_out_len, a, an, b, bn);
+  free(u->head_out);
+  u->head_out = NULL;
+  u->head_out_len = 0;
+  return ok;
 }
 
 static int r_body(llhttp_t *hp, const char *at, size_t n) {
@@ -803,9 +831,16 @@ static int r_body(llhttp_t *hp, const char *at, size_t n) {
   client_t *c = u->c;
   if (!c)
     return -1;
-  bool ok = u->chunk_out ? chunk_to((uv_stream_t *)&c->tcp, on_client_written,
-                                    at, n)
-                         : to_client(c, at, n);
+  bool ok;
+  if (u->head_out && !u->chunk_out) {
+    ok = head_with(u, c, at, n, NULL, 0);
+  } else {
+    if (u->head_out && !head_with(u, c, NULL, 0, NULL, 0))
+      return -1;
+    ok = u->chunk_out
+             ? chunk_to((uv_stream_t *)&c->tcp, on_client_written, at, n)
+             : to_client(c, at, n);
+  }
   return ok ? 0 : -1;
 }
 
@@ -821,7 +856,10 @@ static int r_message_complete(llhttp_t *hp) {
     head_reset(&u->head);
     return 0; /* an interim response; the real one follows */
   }
-  if (u->chunk_out)
+  if (u->head_out)
+    head_with(u, c, u->chunk_out ? "0\r\n\r\n" : NULL, u->chunk_out ? 5 : 0,
+              NULL, 0);
+  else if (u->chunk_out)
     to_client(c, "0\r\n\r\n", 5);
   /* Finished outside the parser: the connection may be reused at once. */
   u->done = 1;
@@ -1577,8 +1615,11 @@ int sg_proxy_start(uv_loop_t *loop, const sg_proxy_opts_t *opts,
   p->loop = loop;
   p->o = *opts;
   p->rbuf = malloc(READ_CHUNK);
-  if (!p->rbuf || sg_resolver_new(loop, &p->resolver, err, errlen)) {
+  p->ubuf = malloc(READ_CHUNK);
+  if (!p->rbuf || !p->ubuf ||
+      sg_resolver_new(loop, &p->resolver, err, errlen)) {
     free(p->rbuf);
+    free(p->ubuf);
     free(p);
     if (!*err)
       snprintf(err, errlen, "out of memory");
@@ -1614,6 +1655,7 @@ int sg_proxy_start(uv_loop_t *loop, const sg_proxy_opts_t *opts,
     sg_resolver_close(p->resolver);
     uv_run(loop, UV_RUN_NOWAIT);
     free(p->rbuf);
+    free(p->ubuf);
     free(p);
     return rc;
   }
@@ -1651,6 +1693,7 @@ static void maybe_done_draining(sg_proxy_t *p) {
   void *arg = p->drain_arg;
   sg_resolver_close(p->resolver);
   free(p->rbuf);
+  free(p->ubuf);
   free(p);
   if (done)
     done(arg);
