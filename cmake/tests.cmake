@@ -55,3 +55,11 @@ else()
   message(STATUS "clang not found: the fuzz target is not built")
 endif()
 set_tests_properties(c/test_nft_intercept PROPERTIES SKIP_RETURN_CODE 77)
+
+# The deployment files against the binary: they parse, and every variable,
+# flag, port and probe they use is one the binary has (and, as root, they
+# start it with their own configuration).
+add_test(NAME docker/manifests
+  COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/spec/docker/check_manifests.py
+          $<TARGET_FILE:sandgate>)
+set_tests_properties(docker/manifests PROPERTIES TIMEOUT 300 RUN_SERIAL TRUE)

@@ -21,6 +21,7 @@ static const char usage[] =
     "reaches every port\n"
     "  run        a command in a fresh network namespace behind the egress "
     "plane\n"
+    "  endpoint   where a sandbox port is reached in single-host mode\n"
     "  version    print the version\n"
     "\n"
     "Not built yet (see README): check, test.\n"
@@ -41,6 +42,8 @@ int main(int argc, char **argv) {
     return sg_portproxy_main(argc - 1, argv + 1);
   if (strcmp(cmd, "run") == 0)
     return sg_run_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "endpoint") == 0)
+    return sg_endpoint_main(argc - 1, argv + 1);
   if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
     printf("sandgate %s\n", SANDGATE_VERSION);
     return 0;

@@ -10,7 +10,7 @@ set -euo pipefail
 BUILD_DEPS=(build-essential cmake pkg-config
   "libluajit-5.1-dev|libluajit2-5.1-dev" "luajit|luajit2" libuv1-dev libc-ares-dev libnftnl-dev libmnl-dev
   node-llhttp lua-cjson libssl-dev)
-TEST_DEPS=(lua-busted clang dnsmasq-base dnsutils iproute2 nftables conntrack curl
+TEST_DEPS=(lua-busted clang dnsmasq-base dnsutils iproute2 nftables conntrack curl python3-yaml
   python3 python3-websockets procps)
 
 want=("${BUILD_DEPS[@]}")

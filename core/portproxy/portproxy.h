@@ -5,4 +5,7 @@
 
 int sg_portproxy_main(int argc, char **argv);
 
+/* `sandgate endpoint`: OpenSandbox's single-host get_endpoint. */
+int sg_endpoint_main(int argc, char **argv);
+
 #endif
