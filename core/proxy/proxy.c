@@ -44,7 +44,14 @@ typedef struct {
   size_t url, url_len;       /* request-target, or the status reason */
   int in_value;              /* the last callback was a header value */
   int too_big;               /* over max_header_bytes or MAX_HEADERS */
+  /* Filled by head_classify once the head is complete. */
+  uint8_t kind[MAX_HEADERS];
+  int first[9]; /* index of the first header of each kind, or -1 */
 } head_t;
+
+/* What a header is to the proxy. K_HOP, K_UPGRADE and K_CONN do not go
+ * past this hop. */
+enum { K_OTHER, K_HOP, K_HOST, K_XFF, K_XFP, K_XFH, K_CLEN, K_UPGRADE, K_CONN };
 
 enum {
   C_HEAD,       /* reading a request head */
@@ -69,6 +76,8 @@ struct upstream {
   char key[300]; /* the pool key: "host port" */
   int state;
   int reused;      /* taken from the pool */
+  uint32_t idle_ms;  /* the timer is an idle timeout of this length */
+  uint64_t activity; /* loop time of the last byte either way */
   int got_bytes;   /* a byte of the response arrived */
   int chunk_out;   /* the client gets the body re-chunked */
   int close_after; /* the client connection ends with this response */
@@ -172,6 +181,27 @@ static void sb_add(sb_t *s, const char *p, size_t n) {
 
 static void sb_str(sb_t *s, const char *p) { sb_add(s, p, strlen(p)); }
 
+/* A number in decimal (or hex): no printf on the per-request path. */
+static void sb_num(sb_t *s, unsigned long v, unsigned base) {
+  char tmp[24];
+  int i = (int)sizeof(tmp);
+  do {
+    unsigned d = (unsigned)(v % base);
+    tmp[--i] = (char)(d < 10 ? '0' + d : 'a' + d - 10);
+    v /= base;
+  } while (v);
+  sb_add(s, tmp + i, sizeof(tmp) - (size_t)i);
+}
+
+/* "Name: value\r\n" */
+static void sb_header(sb_t *s, const char *n, size_t nl, const char *v,
+                      size_t vl) {
+  sb_add(s, n, nl);
+  sb_add(s, ": ", 2);
+  sb_add(s, v, vl);
+  sb_add(s, "\r\n", 2);
+}
+
 static void sb_fmt(sb_t *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static void sb_fmt(sb_t *s, const char *fmt, ...) {
@@ -242,16 +272,6 @@ static bool name_is(const head_t *h, const hdr_t *x, const char *name) {
   return x->nl == n && strncasecmp(h->b + x->n, name, n) == 0;
 }
 
-/* The value of the first header called name, or NULL. */
-static const char *head_get(const head_t *h, const char *name, size_t *len) {
-  for (size_t i = 0; i < h->nh; i++)
-    if (name_is(h, &h->h[i], name)) {
-      *len = h->h[i].vl;
-      return h->b + h->h[i].v;
-    }
-  return NULL;
-}
-
 /* Does a comma list (a Connection header) name `token`? */
 static bool list_has(const char *v, size_t vl, const char *token, size_t tl) {
   size_t i = 0;
@@ -270,19 +290,69 @@ static bool list_has(const char *v, size_t vl, const char *token, size_t tl) {
   return false;
 }
 
-static const char *const hop_by_hop[] = {
-    "connection", "keep-alive", "proxy-connection", "te",
-    "trailer",    "transfer-encoding", "upgrade", NULL};
+static bool eq_ci(const char *a, const char *b, size_t n) {
+  return strncasecmp(a, b, n) == 0;
+}
 
-/* A header that does not travel past this hop: the fixed ones and any the
- * Connection header names. */
-static bool is_hop(const head_t *h, const hdr_t *x) {
-  for (int i = 0; hop_by_hop[i]; i++)
-    if (name_is(h, x, hop_by_hop[i]))
-      return true;
-  size_t cl;
-  const char *conn = head_get(h, "connection", &cl);
-  return conn && list_has(conn, cl, h->b + x->n, x->nl);
+static uint8_t kind_of(const char *n, size_t l) {
+  switch (l) {
+  case 2: return eq_ci(n, "te", 2) ? K_HOP : K_OTHER;
+  case 4: return eq_ci(n, "host", 4) ? K_HOST : K_OTHER;
+  case 7:
+    return eq_ci(n, "upgrade", 7)   ? K_UPGRADE
+           : eq_ci(n, "trailer", 7) ? K_HOP
+                                    : K_OTHER;
+  case 10:
+    return eq_ci(n, "connection", 10)   ? K_CONN
+           : eq_ci(n, "keep-alive", 10) ? K_HOP
+                                        : K_OTHER;
+  case 14: return eq_ci(n, "content-length", 14) ? K_CLEN : K_OTHER;
+  case 15: return eq_ci(n, "x-forwarded-for", 15) ? K_XFF : K_OTHER;
+  case 16:
+    return eq_ci(n, "proxy-connection", 16)   ? K_HOP
+           : eq_ci(n, "x-forwarded-host", 16) ? K_XFH
+                                              : K_OTHER;
+  case 17:
+    return eq_ci(n, "transfer-encoding", 17)   ? K_HOP
+           : eq_ci(n, "x-forwarded-proto", 17) ? K_XFP
+                                               : K_OTHER;
+  default: return K_OTHER;
+  }
+}
+
+/* Classifies every header of a complete head once, including those the
+ * Connection header names (they are hop-by-hop too). */
+static void head_classify(head_t *h) {
+  for (int k = 0; k < 9; k++)
+    h->first[k] = -1;
+  for (size_t i = 0; i < h->nh; i++) {
+    uint8_t k = kind_of(h->b + h->h[i].n, h->h[i].nl);
+    h->kind[i] = k;
+    if (h->first[k] < 0)
+      h->first[k] = (int)i;
+  }
+  if (h->first[K_CONN] < 0)
+    return;
+  const hdr_t *c = &h->h[h->first[K_CONN]];
+  for (size_t i = 0; i < h->nh; i++)
+    if (h->kind[i] != K_HOP && h->kind[i] != K_CONN &&
+        list_has(h->b + c->v, c->vl, h->b + h->h[i].n, h->h[i].nl))
+      h->kind[i] = K_HOP;
+}
+
+/* A header that does not travel past this hop. */
+static bool is_hop(const head_t *h, size_t i) {
+  return h->kind[i] == K_HOP || h->kind[i] == K_UPGRADE ||
+         h->kind[i] == K_CONN;
+}
+
+/* The value of the first header of a kind, or NULL. */
+static const char *head_kind(const head_t *h, int kind, size_t *len) {
+  int i = h->first[kind];
+  if (i < 0)
+    return NULL;
+  *len = h->h[i].vl;
+  return h->b + h->h[i].v;
 }
 
 /* ---- handles and lifetimes ---- */
@@ -471,8 +541,15 @@ static bool chunk_to(uv_stream_t *s, uv_write_cb cb, const char *d, size_t n) {
   if (n == 0)
     return true;
   char line[24];
-  int ln = snprintf(line, sizeof(line), "%zx\r\n", n);
-  return send_bytes(s, cb, line, (size_t)ln, d, n, "\r\n", 2);
+  int i = 20;
+  size_t v = n;
+  do {
+    line[--i] = "0123456789abcdef"[v & 15];
+    v >>= 4;
+  } while (v);
+  line[20] = '\r';
+  line[21] = '\n';
+  return send_bytes(s, cb, line + i, (size_t)(22 - i), d, n, "\r\n", 2);
 }
 
 static bool writes_backed_up(uv_stream_t *s) {
@@ -561,9 +638,20 @@ static void send_reply(client_t *c, int status, const char *ctype,
 static void exchange_done(client_t *c);
 static void parse_client(client_t *c);
 
+static void arm_up_timer(upstream_t *u, uint32_t ms);
+
 static void on_up_timeout(uv_timer_t *t) {
   upstream_t *u = t->data;
   client_t *c = u->c;
+  /* Idle timeouts are armed once and pushed back by a timestamp (an
+   * exchange moves bytes far more often than it times out). */
+  if (u->idle_ms && c) {
+    uint64_t quiet = uv_now(u->p->loop) - u->activity;
+    if (quiet < u->idle_ms) {
+      uv_timer_start(&u->timer, on_up_timeout, u->idle_ms - quiet, 0);
+      return;
+    }
+  }
   if (u->state == U_IDLE || !c) {
     upstream_close(u);
     return;
@@ -584,10 +672,21 @@ static void on_up_timeout(uv_timer_t *t) {
 }
 
 static void arm_up_timer(upstream_t *u, uint32_t ms) {
+  u->idle_ms = 0;
   if (ms)
     uv_timer_start(&u->timer, on_up_timeout, ms, 0);
   else
     uv_timer_stop(&u->timer);
+}
+
+/* Bytes moved on a busy exchange: the idle timeout starts over, without
+ * touching the timer when it already is one. */
+static void touch_up(upstream_t *u, uint32_t idle_ms) {
+  u->activity = uv_now(u->p->loop);
+  if (u->idle_ms != idle_ms) {
+    arm_up_timer(u, idle_ms);
+    u->idle_ms = idle_ms;
+  }
 }
 
 /* Backend reads share one buffer per engine: a read is handled completely
@@ -655,7 +754,7 @@ static void on_up_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     upstream_close(u);
     return;
   }
-  arm_up_timer(u, c->p->o.idle_timeout_ms);
+  touch_up(u, c->p->o.idle_timeout_ms);
   if (u->state == U_TUNNEL) {
     to_client(c, buf->base, (size_t)n);
     if (writes_backed_up((uv_stream_t *)&c->tcp)) {
@@ -742,29 +841,31 @@ static int r_headers_complete(llhttp_t *hp) {
   bool switching = status == 101 && c->upgrade;
   bool no_body = c->is_head || status == 204 || status == 304 ||
                  (informational && !switching);
-  size_t cll;
-  bool has_len = head_get(h, "content-length", &cll) != NULL;
+  head_classify(h);
+  bool has_len = h->first[K_CLEN] >= 0;
   bool chunked_in = (hp->flags & F_CHUNKED) != 0;
   sb_t s = {0};
-  sb_fmt(&s, "HTTP/1.1 %d ", status);
+  sb_add(&s, "HTTP/1.1 ", 9);
+  sb_num(&s, (unsigned long)status, 10);
+  sb_add(&s, " ", 1);
   sb_add(&s, h->b + h->url, h->url_len);
-  sb_str(&s, "\r\n");
+  sb_add(&s, "\r\n", 2);
   for (size_t i = 0; i < h->nh; i++) {
     const hdr_t *x = &h->h[i];
-    if (is_hop(h, x) || (chunked_in && name_is(h, x, "content-length")))
+    if (is_hop(h, i) || (chunked_in && h->kind[i] == K_CLEN))
       continue;
-    sb_add(&s, h->b + x->n, x->nl);
-    sb_str(&s, ": ");
-    sb_add(&s, h->b + x->v, x->vl);
-    sb_str(&s, "\r\n");
+    sb_header(&s, h->b + x->n, x->nl, h->b + x->v, x->vl);
   }
-  if (p->o.powered_by && !informational)
-    sb_fmt(&s, "Reverse-Proxy-Server-PowerBy: %s\r\n", p->o.powered_by);
+  if (p->o.powered_by && !informational) {
+    sb_add(&s, "Reverse-Proxy-Server-PowerBy: ", 30);
+    sb_str(&s, p->o.powered_by);
+    sb_add(&s, "\r\n", 2);
+  }
   u->chunk_out = 0;
   u->close_after = 0;
   if (switching) {
-    size_t ul;
-    const char *up = head_get(h, "upgrade", &ul);
+    size_t ul = 0;
+    const char *up = head_kind(h, K_UPGRADE, &ul);
     sb_str(&s, "Connection: Upgrade\r\n");
     if (up) {
       sb_str(&s, "Upgrade: ");
@@ -1090,7 +1191,7 @@ static void start_tunnel(client_t *c, upstream_t *u, const char *rest,
   c->state = C_TUNNEL;
   p->stats.tunnels++;
   p->stats.tunnels_open++;
-  arm_up_timer(u, p->o.idle_timeout_ms);
+  touch_up(u, p->o.idle_timeout_ms);
   /* Bytes the backend sent right after its 101. */
   if (rest_len)
     to_client(c, rest, rest_len);
@@ -1140,37 +1241,36 @@ static bool build_request(client_t *c, const sg_proxy_route_t *rt) {
   sb_str(&s, rt->path);
   sb_str(&s, " HTTP/1.1\r\n");
   size_t hl = 0, xl = 0, pl = 0, fl = 0;
-  const char *host = head_get(h, "host", &hl);
-  const char *xff = head_get(h, "x-forwarded-for", &xl);
-  const char *xfp = head_get(h, "x-forwarded-proto", &pl);
-  const char *xfh = head_get(h, "x-forwarded-host", &fl);
+  const char *host = head_kind(h, K_HOST, &hl);
+  const char *xff = head_kind(h, K_XFF, &xl);
+  const char *xfp = head_kind(h, K_XFP, &pl);
+  const char *xfh = head_kind(h, K_XFH, &fl);
   if (rt->keep_host && host) {
     sb_str(&s, "Host: ");
     sb_add(&s, host, hl);
     sb_str(&s, "\r\n");
-  } else if (strchr(rt->host, ':')) {
-    sb_fmt(&s, "Host: [%s]:%u\r\n", rt->host, rt->port);
   } else {
-    sb_fmt(&s, "Host: %s:%u\r\n", rt->host, rt->port);
+    bool v6 = strchr(rt->host, ':') != NULL; /* an IPv6 literal */
+    sb_str(&s, v6 ? "Host: [" : "Host: ");
+    sb_str(&s, rt->host);
+    sb_str(&s, v6 ? "]:" : ":");
+    sb_num(&s, rt->port, 10);
+    sb_add(&s, "\r\n", 2);
   }
   for (size_t i = 0; i < h->nh; i++) {
     const hdr_t *x = &h->h[i];
-    if (is_hop(h, x) || name_is(h, x, "host") ||
-        name_is(h, x, "x-forwarded-for") ||
-        name_is(h, x, "x-forwarded-proto") ||
-        name_is(h, x, "x-forwarded-host") || removed(rt, h, x))
+    uint8_t k = h->kind[i];
+    if (is_hop(h, i) || k == K_HOST || k == K_XFF || k == K_XFP ||
+        k == K_XFH || removed(rt, h, x))
       continue;
-    sb_add(&s, h->b + x->n, x->nl);
-    sb_str(&s, ": ");
-    sb_add(&s, h->b + x->v, x->vl);
-    sb_str(&s, "\r\n");
+    sb_header(&s, h->b + x->n, x->nl, h->b + x->v, x->vl);
   }
   sb_str(&s, "X-Forwarded-For: ");
   if (trusted && xff) {
     /* Every X-Forwarded-For line of a trusted proxy, in order. */
     for (size_t i = 0; i < h->nh; i++) {
       const hdr_t *x = &h->h[i];
-      if (!name_is(h, x, "x-forwarded-for") || x->vl == 0)
+      if (h->kind[i] != K_XFF || x->vl == 0)
         continue;
       sb_add(&s, h->b + x->v, x->vl);
       sb_str(&s, ", ");
@@ -1192,12 +1292,13 @@ static bool build_request(client_t *c, const sg_proxy_route_t *rt) {
     sb_str(&s, "\r\n");
   }
   for (int i = 0; i < rt->nset; i++)
-    sb_fmt(&s, "%s: %s\r\n", rt->set_name[i], rt->set_value[i]);
+    sb_header(&s, rt->set_name[i], strlen(rt->set_name[i]), rt->set_value[i],
+              strlen(rt->set_value[i]));
   if (c->req_chunked)
     sb_str(&s, "Transfer-Encoding: chunked\r\n");
   if (c->upgrade) {
-    size_t ul;
-    const char *up = head_get(h, "upgrade", &ul);
+    size_t ul = 0;
+    const char *up = head_kind(h, K_UPGRADE, &ul);
     sb_str(&s, "Connection: Upgrade\r\nUpgrade: ");
     sb_add(&s, up ? up : "", up ? ul : 0);
     sb_str(&s, "\r\n");
@@ -1231,6 +1332,7 @@ static int q_headers_complete(llhttp_t *hp) {
   c->state = C_ROUTED;
 
   sg_proxy_header_t hdrs[MAX_HEADERS];
+  head_classify(h);
   int hosts = 0;
   for (size_t i = 0; i < h->nh; i++) {
     hdr_t *x = &h->h[i];
@@ -1238,7 +1340,7 @@ static int q_headers_complete(llhttp_t *hp) {
     while (x->vl && (h->b[x->v + x->vl - 1] == ' ' ||
                      h->b[x->v + x->vl - 1] == '\t'))
       x->vl--;
-    hosts += name_is(h, x, "host");
+    hosts += h->kind[i] == K_HOST;
     hdrs[i] = (sg_proxy_header_t){h->b + x->n, h->b + x->v, x->nl, x->vl};
   }
   /* An absolute-form target (a client talking to us as to a proxy) is
@@ -1257,11 +1359,8 @@ static int q_headers_complete(llhttp_t *hp) {
       target_len = 1;
     }
   }
-  char method[32];
-  snprintf(method, sizeof(method), "%s",
-           llhttp_method_name((llhttp_method_t)hp->method));
   sg_proxy_request_t req = {
-      .method = method,
+      .method = llhttp_method_name((llhttp_method_t)hp->method),
       .target = target,
       .target_len = target_len,
       .client_ip = c->ip,
@@ -1504,7 +1603,7 @@ static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
       to_upstream(c->up, c->in + c->off, c->len - c->off);
     c->off = c->len = 0;
     if (c->up) {
-      arm_up_timer(c->up, c->p->o.idle_timeout_ms);
+      touch_up(c->up, c->p->o.idle_timeout_ms);
       if (writes_backed_up((uv_stream_t *)&c->up->tcp)) {
         uv_read_stop(s);
         c->reading = 0;
