@@ -52,6 +52,7 @@ typedef struct {
   char set_value[SG_PROXY_MAX_SET_HEADERS][512];
   int nremove;
   char remove[SG_PROXY_MAX_REMOVE_HEADERS][64]; /* lower-case */
+  char sandbox[128]; /* the sandbox the route names, "" if none (explain) */
 } sg_proxy_route_t;
 
 typedef void (*sg_proxy_route_cb)(void *ctx, const sg_proxy_request_t *req,

@@ -1,4 +1,4 @@
--- expect: selftest failed:
+-- expect: in selftest():
 -- expect: egress.lua:5: selftest says no
 local M = {}
 function M.decide(q) return "allow" end
