@@ -269,15 +269,25 @@ static const char *const hop_by_hop[] = {
     "connection", "keep-alive", "proxy-connection", "te",
     "trailer",    "transfer-encoding", "upgrade", NULL};
 
+static bool name_eq(const char *name, size_t nl, const char *lower) {
+  size_t n = strlen(lower);
+  return nl == n && strncasecmp(name, lower, n) == 0;
+}
+
 /* A header that does not travel past this hop: the fixed ones and any the
- * Connection header names. */
-static bool is_hop(const head_t *h, const hdr_t *x) {
+ * Connection header (conn, NULL when there is none) names. */
+static bool hop_name(const char *name, size_t nl, const char *conn,
+                     size_t cl) {
   for (int i = 0; hop_by_hop[i]; i++)
-    if (name_is(h, x, hop_by_hop[i]))
+    if (name_eq(name, nl, hop_by_hop[i]))
       return true;
-  size_t cl;
+  return conn && list_has(conn, cl, name, nl);
+}
+
+static bool is_hop(const head_t *h, const hdr_t *x) {
+  size_t cl = 0;
   const char *conn = head_get(h, "connection", &cl);
-  return conn && list_has(conn, cl, h->b + x->n, x->nl);
+  return hop_name(h->b + x->n, x->nl, conn, cl);
 }
 
 /* ---- handles and lifetimes ---- */
@@ -1066,98 +1076,155 @@ static void start_tunnel(client_t *c, upstream_t *u, const char *rest,
 
 /* ---- the client side ---- */
 
-static bool client_in(const sg_proxy_t *p, const char *ip) {
-  if (!p->o.trusted)
+bool sg_proxy_trusted(const sg_ipset_t *trusted, const char *ip) {
+  if (!trusted)
     return false;
   sg_range_t r;
   int fam = sg_range_parse(ip, &r);
   if (!fam)
     return false;
-  const sg_ipset_t *s = &p->o.trusted[fam == 6];
+  const sg_ipset_t *s = &trusted[fam == 6];
   for (size_t i = 0; i < s->n; i++)
     if (r.lo >= s->r[i].lo && r.lo <= s->r[i].hi)
       return true;
   return false;
 }
 
-static bool removed(const sg_proxy_route_t *rt, const head_t *h,
-                    const hdr_t *x) {
+/* The value of the first header of req called name, or NULL. */
+static const char *req_header(const sg_proxy_request_t *req, const char *name,
+                              size_t *len) {
+  for (size_t i = 0; i < req->nheaders; i++)
+    if (name_eq(req->headers[i].name, req->headers[i].name_len, name)) {
+      *len = req->headers[i].value_len;
+      return req->headers[i].value;
+    }
+  return NULL;
+}
+
+/* Whether the route removes or replaces a client's header. */
+static bool route_drops(const sg_proxy_route_t *rt, const char *name,
+                        size_t nl) {
   for (int i = 0; i < rt->nremove; i++)
-    if (name_is(h, x, rt->remove[i]))
+    if (name_eq(name, nl, rt->remove[i]))
       return true;
   for (int i = 0; i < rt->nset; i++)
-    if (name_is(h, x, rt->set_name[i]))
+    if (name_eq(name, nl, rt->set_name[i]))
       return true;
   return false;
 }
 
-/* The request head for the backend, from the client's head and the route. */
-static bool build_request(client_t *c, const sg_proxy_route_t *rt) {
-  sg_proxy_t *p = c->p;
-  head_t *h = &c->head;
-  bool trusted = client_in(p, c->ip);
+static void emit_str(sg_proxy_header_cb emit, void *ctx, const char *name,
+                     const char *value) {
+  emit(ctx, name, strlen(name), value, strlen(value));
+}
+
+void sg_proxy_forward_headers(const sg_proxy_request_t *req,
+                              const sg_proxy_route_t *rt, bool trusted,
+                              bool chunked, bool upgrade,
+                              sg_proxy_header_cb emit, void *ctx) {
+  size_t hl = 0, xl = 0, pl = 0, fl = 0, cl = 0;
+  const char *host = req_header(req, "host", &hl);
+  const char *xff = req_header(req, "x-forwarded-for", &xl);
+  const char *xfp = req_header(req, "x-forwarded-proto", &pl);
+  const char *xfh = req_header(req, "x-forwarded-host", &fl);
+  const char *conn = req_header(req, "connection", &cl);
+  char buf[320];
+  if (rt->keep_host && host) {
+    emit(ctx, "Host", 4, host, hl);
+  } else {
+    snprintf(buf, sizeof(buf), strchr(rt->host, ':') ? "[%s]:%u" : "%s:%u",
+             rt->host, rt->port);
+    emit_str(emit, ctx, "Host", buf);
+  }
+  for (size_t i = 0; i < req->nheaders; i++) {
+    const sg_proxy_header_t *x = &req->headers[i];
+    if (hop_name(x->name, x->name_len, conn, cl) ||
+        name_eq(x->name, x->name_len, "host") ||
+        name_eq(x->name, x->name_len, "x-forwarded-for") ||
+        name_eq(x->name, x->name_len, "x-forwarded-proto") ||
+        name_eq(x->name, x->name_len, "x-forwarded-host") ||
+        route_drops(rt, x->name, x->name_len))
+      continue;
+    emit(ctx, x->name, x->name_len, x->value, x->value_len);
+  }
+  /* The client's X-Forwarded-* count only from a trusted proxy; anyone else
+   * could claim any address. */
+  if (trusted && xff) {
+    size_t il = strlen(req->client_ip), n = xl + 2 + il;
+    char small[256], *b = n <= sizeof(small) ? small : malloc(n);
+    if (b) {
+      memcpy(b, xff, xl);
+      memcpy(b + xl, ", ", 2);
+      memcpy(b + xl + 2, req->client_ip, il);
+      emit(ctx, "X-Forwarded-For", 15, b, n);
+      if (b != small)
+        free(b);
+    }
+  } else {
+    emit_str(emit, ctx, "X-Forwarded-For", req->client_ip);
+  }
+  if (trusted && xfp)
+    emit(ctx, "X-Forwarded-Proto", 17, xfp, pl);
+  else
+    emit_str(emit, ctx, "X-Forwarded-Proto", "http");
+  if (trusted && xfh)
+    emit(ctx, "X-Forwarded-Host", 16, xfh, fl);
+  else if (host)
+    emit(ctx, "X-Forwarded-Host", 16, host, hl);
+  for (int i = 0; i < rt->nset; i++)
+    emit_str(emit, ctx, rt->set_name[i], rt->set_value[i]);
+  if (chunked)
+    emit_str(emit, ctx, "Transfer-Encoding", "chunked");
+  if (upgrade) {
+    size_t ul = 0;
+    const char *up = req_header(req, "upgrade", &ul);
+    emit_str(emit, ctx, "Connection", "Upgrade");
+    emit(ctx, "Upgrade", 7, up ? up : "", up ? ul : 0);
+  }
+}
+
+void sg_proxy_route(sg_proxy_route_cb route, void *ctx,
+                    const sg_proxy_request_t *req, sg_proxy_route_t *rt) {
+  rt->status = 500;
+  rt->message[0] = 0;
+  rt->content_type[0] = 0;
+  rt->host[0] = 0;
+  rt->path[0] = 0;
+  rt->port = 0;
+  rt->keep_host = 0;
+  rt->nset = rt->nremove = 0;
+  rt->sandbox[0] = 0;
+  int hosts = 0;
+  for (size_t i = 0; i < req->nheaders; i++)
+    hosts += name_eq(req->headers[i].name, req->headers[i].name_len, "host");
+  if (hosts > 1) {
+    rt->status = 400;
+    snprintf(rt->message, sizeof(rt->message), "more than one Host header");
+    return;
+  }
+  route(ctx, req, rt);
+}
+
+static void add_header(void *ctx, const char *name, size_t nl,
+                       const char *value, size_t vl) {
+  sb_t *s = ctx;
+  sb_add(s, name, nl);
+  sb_str(s, ": ");
+  sb_add(s, value, vl);
+  sb_str(s, "\r\n");
+}
+
+/* The request head for the backend, from the client's request and the
+ * route. */
+static bool build_request(client_t *c, const sg_proxy_request_t *req,
+                          const sg_proxy_route_t *rt) {
   sb_t s = {0};
-  sb_str(&s, llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->parser)));
+  sb_str(&s, req->method);
   sb_str(&s, " ");
   sb_str(&s, rt->path);
   sb_str(&s, " HTTP/1.1\r\n");
-  size_t hl = 0, xl = 0, pl = 0, fl = 0;
-  const char *host = head_get(h, "host", &hl);
-  const char *xff = head_get(h, "x-forwarded-for", &xl);
-  const char *xfp = head_get(h, "x-forwarded-proto", &pl);
-  const char *xfh = head_get(h, "x-forwarded-host", &fl);
-  if (rt->keep_host && host) {
-    sb_str(&s, "Host: ");
-    sb_add(&s, host, hl);
-    sb_str(&s, "\r\n");
-  } else if (strchr(rt->host, ':')) {
-    sb_fmt(&s, "Host: [%s]:%u\r\n", rt->host, rt->port);
-  } else {
-    sb_fmt(&s, "Host: %s:%u\r\n", rt->host, rt->port);
-  }
-  for (size_t i = 0; i < h->nh; i++) {
-    const hdr_t *x = &h->h[i];
-    if (is_hop(h, x) || name_is(h, x, "host") ||
-        name_is(h, x, "x-forwarded-for") ||
-        name_is(h, x, "x-forwarded-proto") ||
-        name_is(h, x, "x-forwarded-host") || removed(rt, h, x))
-      continue;
-    sb_add(&s, h->b + x->n, x->nl);
-    sb_str(&s, ": ");
-    sb_add(&s, h->b + x->v, x->vl);
-    sb_str(&s, "\r\n");
-  }
-  sb_str(&s, "X-Forwarded-For: ");
-  if (trusted && xff) {
-    sb_add(&s, xff, xl);
-    sb_str(&s, ", ");
-  }
-  sb_str(&s, c->ip);
-  sb_str(&s, "\r\nX-Forwarded-Proto: ");
-  if (trusted && xfp)
-    sb_add(&s, xfp, pl);
-  else
-    sb_str(&s, "http");
-  sb_str(&s, "\r\n");
-  if ((trusted && xfh) || host) {
-    sb_str(&s, "X-Forwarded-Host: ");
-    if (trusted && xfh)
-      sb_add(&s, xfh, fl);
-    else
-      sb_add(&s, host, hl);
-    sb_str(&s, "\r\n");
-  }
-  for (int i = 0; i < rt->nset; i++)
-    sb_fmt(&s, "%s: %s\r\n", rt->set_name[i], rt->set_value[i]);
-  if (c->req_chunked)
-    sb_str(&s, "Transfer-Encoding: chunked\r\n");
-  if (c->upgrade) {
-    size_t ul;
-    const char *up = head_get(h, "upgrade", &ul);
-    sb_str(&s, "Connection: Upgrade\r\nUpgrade: ");
-    sb_add(&s, up ? up : "", up ? ul : 0);
-    sb_str(&s, "\r\n");
-  }
+  sg_proxy_forward_headers(req, rt, sg_proxy_trusted(c->p->o.trusted, c->ip),
+                           c->req_chunked, c->upgrade, add_header, &s);
   sb_str(&s, "\r\n");
   if (s.oom) {
     free(s.b);
@@ -1187,14 +1254,12 @@ static int q_headers_complete(llhttp_t *hp) {
   c->state = C_ROUTED;
 
   sg_proxy_header_t hdrs[MAX_HEADERS];
-  int hosts = 0;
   for (size_t i = 0; i < h->nh; i++) {
     hdr_t *x = &h->h[i];
     /* Values without trailing whitespace (llhttp drops the leading). */
     while (x->vl && (h->b[x->v + x->vl - 1] == ' ' ||
                      h->b[x->v + x->vl - 1] == '\t'))
       x->vl--;
-    hosts += name_is(h, x, "host");
     hdrs[i] = (sg_proxy_header_t){h->b + x->n, h->b + x->v, x->nl, x->vl};
   }
   /* An absolute-form target (a client talking to us as to a proxy) is
@@ -1225,20 +1290,7 @@ static int q_headers_complete(llhttp_t *hp) {
       .nheaders = h->nh,
   };
   sg_proxy_route_t *rt = &p->route;
-  rt->status = 500;
-  rt->message[0] = 0;
-  rt->content_type[0] = 0;
-  rt->host[0] = 0;
-  rt->path[0] = 0;
-  rt->port = 0;
-  rt->keep_host = 0;
-  rt->nset = rt->nremove = 0;
-  if (hosts > 1) {
-    rt->status = 400;
-    snprintf(rt->message, sizeof(rt->message), "more than one Host header");
-  } else {
-    p->o.route(p->o.route_ctx, &req, rt);
-  }
+  sg_proxy_route(p->o.route, p->o.route_ctx, &req, rt);
   /* The body (if any) is read on: to the backend once it is connected,
    * buffered until then (with backpressure), dropped after an error. */
   c->state = C_BODY;
@@ -1251,7 +1303,7 @@ static int q_headers_complete(llhttp_t *hp) {
   }
   snprintf(c->up_host, sizeof(c->up_host), "%s", rt->host);
   c->up_port = rt->port;
-  if (!build_request(c, rt)) {
+  if (!build_request(c, &req, rt)) {
     send_error(c, 502, "out of memory", false);
     return HPE_PAUSED;
   }
