@@ -169,7 +169,8 @@ static int call_bounded(sg_vm_t *vm, int nargs, int nres, uint32_t budget_ms,
 }
 
 /* Appends the addresses of one array field of the statics table at idx to
- * set (whose family the field must have). */
+ * set (whose family the field must have); `where` starts a message about a
+ * bad entry. */
 static int read_list(lua_State *L, int idx, const char *field, sg_ipset_t *set,
                      const char *where, char *err, size_t errlen) {
   lua_getfield(L, idx, field);
@@ -182,7 +183,7 @@ static int read_list(lua_State *L, int idx, const char *field, sg_ipset_t *set,
     int fam = text ? sg_range_parse(text, &r) : 0;
     if (fam != set->family) {
       snprintf(err, errlen,
-               "%s.%s[%zu] is %s%s%s, expected an IPv%d address or CIDR", where,
+               "%s%s[%zu] is %s%s%s, expected an IPv%d address or CIDR", where,
                field, i, text ? "\"" : "", text ? text : "not a string",
                text ? "\"" : "", set->family);
       rc = -EINVAL;
@@ -196,9 +197,13 @@ static int read_list(lua_State *L, int idx, const char *field, sg_ipset_t *set,
   return rc;
 }
 
-/* Converts host.statics' table at idx into st (see sg_vm_statics). */
-static int read_statics(lua_State *L, int idx, sg_nft_static_t *st, char *err,
-                        size_t errlen) {
+/* Converts host.statics' table at idx into st (see sg_vm_statics). A bad
+ * entry of the script's lists is reported as a load error of the script
+ * (named by file), in static_sets(). */
+static int read_statics(lua_State *L, int idx, sg_nft_static_t *st,
+                        const char *file, char *err, size_t errlen) {
+  char script_where[1100];
+  snprintf(script_where, sizeof(script_where), "%s: in static_sets(): ", file);
   static const char *const fam_suffix[2] = {"v4", "v6"};
   lua_getfield(L, idx, "default");
   const char *def = lua_tostring(L, -1);
@@ -211,16 +216,17 @@ static int read_statics(lua_State *L, int idx, sg_nft_static_t *st, char *err,
     sg_ipset_init(&always_allow, f ? 6 : 4);
     sg_ipset_init(&always_deny, f ? 6 : 4);
     snprintf(field, sizeof(field), "allow_%s", fam_suffix[f]);
-    rc = read_list(L, idx, field, &st->allow[f], "static_sets()", err, errlen);
+    rc = read_list(L, idx, field, &st->allow[f], script_where, err, errlen);
     snprintf(field, sizeof(field), "deny_%s", fam_suffix[f]);
     if (!rc)
-      rc = read_list(L, idx, field, &st->deny[f], "static_sets()", err, errlen);
+      rc = read_list(L, idx, field, &st->deny[f], script_where, err, errlen);
     snprintf(field, sizeof(field), "always_allow_%s", fam_suffix[f]);
     if (!rc)
-      rc = read_list(L, idx, field, &always_allow, "allow.always", err, errlen);
+      rc = read_list(L, idx, field, &always_allow, "allow.always: ", err,
+                     errlen);
     snprintf(field, sizeof(field), "always_deny_%s", fam_suffix[f]);
     if (!rc)
-      rc = read_list(L, idx, field, &always_deny, "deny.always", err, errlen);
+      rc = read_list(L, idx, field, &always_deny, "deny.always: ", err, errlen);
     if (!rc) {
       sg_ipset_normalize(&st->allow[f]);
       sg_ipset_normalize(&st->deny[f]);
@@ -394,7 +400,8 @@ int sg_vm_new_egress(const sg_vm_opts_t *o, sg_vm_t **out, char *err,
   if (o->want_statics) {
     vm->has_statics = 1;
     sg_nft_static_init(&vm->statics);
-    if ((rc = read_statics(L, lua_gettop(L), &vm->statics, err, errlen)))
+    if ((rc = read_statics(L, lua_gettop(L), &vm->statics, chunkname + 1, err,
+                           errlen)))
       goto fail;
     rc = -EINVAL;
   }

@@ -339,20 +339,21 @@ end
 -- or an array of strings (the C side parses them and names a bad entry).
 local STATIC_FIELDS = { "allow_v4", "allow_v6", "deny_v4", "deny_v6" }
 
-local function static_lists(s, where)
+-- Checks the lists of a static_sets() result: each field nil or an array
+-- of strings (the C side parses them and names a bad address). Raises
+-- "<problem>" without a prefix.
+local function static_lists(s)
   local out = {}
   for _, field in ipairs(STATIC_FIELDS) do
     local v = s[field]
     if v == nil then
       v = {}
     elseif type(v) ~= "table" then
-      error(str_format("%s.%s must be an array of IP/CIDR strings, got %s",
-        where, field, type(v)), 0)
+      error(str_format("%s must be an array of IP/CIDR strings, got %s", field, type(v)), 0)
     end
     for i = 1, #v do
       if type(v[i]) ~= "string" then
-        error(str_format("%s.%s[%d] must be an IP/CIDR string, got %s",
-          where, field, i, type(v[i])), 0)
+        error(str_format("%s[%d] must be an IP/CIDR string, got %s", field, i, type(v[i])), 0)
       end
     end
     out[field] = v
@@ -365,23 +366,23 @@ end
 -- CIDRs of the always-lists. Returns one flat table of arrays:
 --   { default = "allow"|"deny", allow_v4, allow_v6, deny_v4, deny_v6,
 --     always_allow_v4, always_allow_v6, always_deny_v4, always_deny_v6 }
+-- A bad result is a load error of the script, in static_sets().
 function M.statics(hooks, always, chunkname)
-  local out = static_lists({}, "static_sets()")
+  local out = static_lists({})
   out.default = "deny"
   local f = hooks.static_sets
   if f then
     local ok, s = run_stage(chunkname, "static_sets", f)
     if not ok then error(s, 0) end
-    local file = script_file(chunkname)
+    local where = script_file(chunkname) .. ": in static_sets(): "
     if type(s) ~= "table" then
-      error(file .. ": static_sets() returned " .. describe(s) .. ", expected a table", 0)
+      error(where .. "returned " .. describe(s) .. ", expected a table", 0)
     end
     if s.default ~= nil and s.default ~= "allow" and s.default ~= "deny" then
-      error(file .. ": static_sets().default is " .. describe(s.default)
-        .. ", expected \"allow\" or \"deny\"", 0)
+      error(where .. "default is " .. describe(s.default) .. ", expected \"allow\" or \"deny\"", 0)
     end
-    ok, out = pcall(static_lists, s, "static_sets()")
-    if not ok then error(file .. ": " .. out, 0) end
+    ok, out = pcall(static_lists, s)
+    if not ok then error(where .. out, 0) end
     out.default = s.default or "deny"
   end
   -- The lists' entries all compile as "allow" (see sandgate.always).
