@@ -5,6 +5,7 @@
 #include "egress/egress.h"
 #include "ingress/ingress.h"
 #include "portproxy/portproxy.h"
+#include "tools/tools.h"
 
 #define SANDGATE_VERSION "0.1.0"
 
@@ -18,9 +19,12 @@ static const char usage[] =
     "by Lua\n"
     "  portproxy  the in-sandbox /proxy/{port} proxy: one published port "
     "reaches every port\n"
+    "  check      load a policy or routing script as the server would; print "
+    "ok or its errors\n"
+    "  test       run a JSON cases file against a policy or routing script\n"
     "  version    print the version\n"
     "\n"
-    "Not built yet (see README): run, check, test.\n"
+    "Not built yet (see README): run.\n"
     "Run `sandgate <command> --help` for the flags of a command.\n";
 
 int main(int argc, char **argv) {
@@ -36,6 +40,10 @@ int main(int argc, char **argv) {
     return sg_ingress_main(argc - 1, argv + 1);
   if (strcmp(cmd, "portproxy") == 0)
     return sg_portproxy_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "check") == 0)
+    return sg_check_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "test") == 0)
+    return sg_test_main(argc - 1, argv + 1);
   if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
     printf("sandgate %s\n", SANDGATE_VERSION);
     return 0;
