@@ -88,6 +88,33 @@ check_run "both hooks: the kind cannot be told" 1 'has both a "decide" hook (egr
 run "$BIN" check "$TMP/both.lua" --kind ingress
 check_run "both hooks with --kind ingress: ok" 0 ok
 
+# ---- the README's walkthrough ------------------------------------------------------
+
+# Its policy (the first ```lua block) and its cases (the first ```json block
+# after the walkthrough's heading) pass, printed as the README shows.
+"$(command -v python3)" - "$ROOT/README.md" "$TMP" <<'EOF'
+import re, sys
+text = open(sys.argv[1]).read()
+policy = re.search(r"```lua\n(.*?)```", text, re.S).group(1)
+walk = text[text.index("### A custom policy in ten lines"):]
+cases = re.search(r"```json\n(.*?)```", walk, re.S).group(1)
+shown = re.search(r"\$ sandgate test /etc/sandgate/policy.lua policy.cases.json\n(.*?)```",
+                  walk, re.S).group(1)
+open(sys.argv[2] + "/policy.lua", "w").write(policy)
+open(sys.argv[2] + "/policy.cases.json", "w").write(cases)
+open(sys.argv[2] + "/shown.txt", "w").write(shown)
+EOF
+run "$BIN" check "$TMP/policy.lua"
+check_run "README: the walkthrough's policy checks ok" 0 ok
+(cd "$TMP" && "$BIN" test policy.lua policy.cases.json >"$TMP/readme.out" 2>/dev/null)
+RC=$?
+if [ "$RC" == 0 ] && diff -u "$TMP/shown.txt" "$TMP/readme.out" >"$TMP/readme.diff"; then
+  ok "README: the walkthrough's cases pass, printed as the README shows"
+else
+  not_ok "README: the walkthrough's cases pass, printed as the README shows (exit $RC)"
+  diag <"$TMP/readme.diff"
+fi
+
 # ---- usage errors ---------------------------------------------------------------
 
 run "$BIN" check
