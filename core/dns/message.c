@@ -385,7 +385,8 @@ int sg_dns_build_query(const char *name, uint16_t qtype, uint16_t id,
     while (*p && *p != '.') {
       int c = presentation_octet(&p);
       if (c < 0) {
-        snprintf(err, errlen, "has a backslash that is not followed by a "
+        snprintf(err, errlen,
+                 "has a backslash that is not followed by a "
                  "character or three digits up to 255");
         return -EINVAL;
       }

@@ -329,8 +329,8 @@ int sg_egress_api_start(uv_loop_t *loop, const sg_egress_api_opts_t *o,
   a->enforcement = strdup(o->enforcement ? o->enforcement : "dns");
 
   /* The API's own Lua state: trusted code only (no user script runs here). */
-  int rc = sg_trusted_open(o->data_dir, "sandgate.policyapi", &a->L, err,
-                           errlen);
+  int rc =
+      sg_trusted_open(o->data_dir, "sandgate.policyapi", &a->L, err, errlen);
   if (rc) {
     api_free(a);
     return rc;

@@ -1,9 +1,10 @@
 /* The egress policy API (OpenSandbox-compatible, on :18080): health, auth,
- * /policy reads and writes, and /policy/explain. The semantics of every write (PATCH merge,
- * DELETE, limits, the JSON shapes) live in lua/sandgate/policyapi.lua and
- * run in a trusted Lua state of their own; this file routes requests, checks
- * the token, and hands a new document to the plane, which builds a policy
- * VM with it, persists it and swaps it in, or refuses it whole. */
+ * /policy reads and writes, and /policy/explain. The semantics of every write
+ * (PATCH merge, DELETE, limits, the JSON shapes) live in
+ * lua/sandgate/policyapi.lua and run in a trusted Lua state of their own; this
+ * file routes requests, checks the token, and hands a new document to the
+ * plane, which builds a policy VM with it, persists it and swaps it in, or
+ * refuses it whole. */
 #ifndef SG_EGRESS_API_H
 #define SG_EGRESS_API_H
 

@@ -756,8 +756,8 @@ static char *script_store_path(const char *policy_file) {
 }
 
 /* GET /policy/explain: the running VM, asked as the proxy asks it. */
-static int explain(void *ctx, const sg_egress_question_t *q, FILE *f,
-                   char *err, size_t errlen) {
+static int explain(void *ctx, const sg_egress_question_t *q, FILE *f, char *err,
+                   size_t errlen) {
   return sg_egress_explain(((egress_t *)ctx)->vm, q, f, err, errlen);
 }
 

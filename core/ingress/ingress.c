@@ -514,8 +514,7 @@ static void on_explain(ingress_t *g, const sg_http_request_t *req,
     int n = snprintf(body, sizeof(body), "%s\n", why ? why : "bad request");
     if (n >= (int)sizeof(body))
       n = (int)sizeof(body) - 1;
-    sg_http_respond(r, 400, "text/plain; charset=utf-8", body, (size_t)n,
-                    NULL);
+    sg_http_respond(r, 400, "text/plain; charset=utf-8", body, (size_t)n, NULL);
     lua_settop(L, 1);
     return;
   }
@@ -549,8 +548,8 @@ static void on_explain(ingress_t *g, const sg_http_request_t *req,
     fclose(f);
     sg_http_respond(r, 200, "application/json", body, len, NULL);
   } else {
-    sg_http_respond(r, 500, "text/plain; charset=utf-8", "out of memory\n",
-                    14, NULL);
+    sg_http_respond(r, 500, "text/plain; charset=utf-8", "out of memory\n", 14,
+                    NULL);
   }
   free(body);
   lua_settop(L, 1);

@@ -28,7 +28,7 @@ char *sg_ingress_config_json(const sg_ingress_sources_t *src, char *err,
   }
   fputs("{\"mode\":", f);
   sg_json_str(f, src->mode && strcasecmp(src->mode, "uri") == 0 ? "uri"
-                                                                 : "header");
+                                                                : "header");
   /* The files' texts go in as they are: the Lua side decodes the whole
    * document and names a bad field. */
   fputs(",\"routes\":", f);
@@ -124,8 +124,8 @@ typedef struct {
   int n;
 } pairs_t;
 
-static void json_pair(void *ctx, const char *name, size_t nl,
-                      const char *value, size_t vl) {
+static void json_pair(void *ctx, const char *name, size_t nl, const char *value,
+                      size_t vl) {
   pairs_t *p = ctx;
   fputs(p->n++ ? ",[" : "[", p->f);
   sg_json_strn(p->f, name, nl);

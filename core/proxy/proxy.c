@@ -276,8 +276,7 @@ static bool name_eq(const char *name, size_t nl, const char *lower) {
 
 /* A header that does not travel past this hop: the fixed ones and any the
  * Connection header (conn, NULL when there is none) names. */
-static bool hop_name(const char *name, size_t nl, const char *conn,
-                     size_t cl) {
+static bool hop_name(const char *name, size_t nl, const char *conn, size_t cl) {
   for (int i = 0; hop_by_hop[i]; i++)
     if (name_eq(name, nl, hop_by_hop[i]))
       return true;

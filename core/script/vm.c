@@ -496,8 +496,7 @@ static void describe_rule(lua_State *L, int r, sg_vm_verdict_t *v) {
     v->rule[rlen] = 0;
   } else if (has_index && target) {
     snprintf(v->rule, sizeof(v->rule), "egress[%d] %s %s",
-             (int)lua_tointeger(L, r + 3), v->allow ? "allow" : "deny",
-             target);
+             (int)lua_tointeger(L, r + 3), v->allow ? "allow" : "deny", target);
   }
   if (has_index && target) {
     v->index = (int)lua_tointeger(L, r + 3);

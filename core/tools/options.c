@@ -56,8 +56,8 @@ static int parse_num(const char *name, const char *s, unsigned long min,
   errno = 0;
   unsigned long v = strtoul(s, &end, 10);
   if (errno || end == s || *end || s[0] == '-' || v < min || v > max) {
-    snprintf(err, errlen, "%s: \"%s\" is not a number from %lu to %lu", name,
-             s, min, max);
+    snprintf(err, errlen, "%s: \"%s\" is not a number from %lu to %lu", name, s,
+             min, max);
     return 2;
   }
   *out = v;
@@ -127,8 +127,10 @@ int sg_tool_init(sg_tool_t *t, int argc, char **argv, int nargs,
    * warnings and errors only, unless asked. */
   int level = SG_LOG_WARN;
   if (log_level && (level = sg_log_parse_level(log_level)) < 0) {
-    snprintf(err, errlen, "--log-level: \"%s\" is not debug, info, warn or "
-             "error", log_level);
+    snprintf(err, errlen,
+             "--log-level: \"%s\" is not debug, info, warn or "
+             "error",
+             log_level);
     return 2;
   }
   sg_log_set_level((sg_log_level_t)level);

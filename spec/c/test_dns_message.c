@@ -841,13 +841,13 @@ static void test_build_query_errors(void) {
     long_name[n + 63] = i < 3 ? '.' : 0;
     long_name[n + 64] = 0;
   }
-  ASSERT(sg_dns_build_query("a..b", 1, 0, pkt, sizeof(pkt), err,
-                            sizeof(err)) < 0);
+  ASSERT(sg_dns_build_query("a..b", 1, 0, pkt, sizeof(pkt), err, sizeof(err)) <
+         0);
   ASSERT(strstr(err, "empty label") != NULL);
-  ASSERT(sg_dns_build_query(".a", 1, 0, pkt, sizeof(pkt), err,
-                            sizeof(err)) < 0);
-  ASSERT(sg_dns_build_query(label64, 1, 0, pkt, sizeof(pkt), err,
-                            sizeof(err)) < 0);
+  ASSERT(sg_dns_build_query(".a", 1, 0, pkt, sizeof(pkt), err, sizeof(err)) <
+         0);
+  ASSERT(sg_dns_build_query(label64, 1, 0, pkt, sizeof(pkt), err, sizeof(err)) <
+         0);
   ASSERT(strstr(err, "label longer than 63") != NULL);
   ASSERT(sg_dns_build_query(long_name, 1, 0, pkt, sizeof(pkt), err,
                             sizeof(err)) < 0);
@@ -855,10 +855,10 @@ static void test_build_query_errors(void) {
   ASSERT(sg_dns_build_query("a\\256", 1, 0, pkt, sizeof(pkt), err,
                             sizeof(err)) < 0);
   ASSERT(strstr(err, "backslash") != NULL);
-  ASSERT(sg_dns_build_query("a\\", 1, 0, pkt, sizeof(pkt), err,
-                            sizeof(err)) < 0);
-  ASSERT(sg_dns_build_query("a\\12", 1, 0, pkt, sizeof(pkt), err,
-                            sizeof(err)) < 0);
+  ASSERT(sg_dns_build_query("a\\", 1, 0, pkt, sizeof(pkt), err, sizeof(err)) <
+         0);
+  ASSERT(sg_dns_build_query("a\\12", 1, 0, pkt, sizeof(pkt), err, sizeof(err)) <
+         0);
   ASSERT(sg_dns_build_query("example.com", 1, 0, pkt, 20, err, sizeof(err)) <
          0);
 }

@@ -347,19 +347,21 @@ static void load_errors_name_the_stage(void) {
   ASSERT(strstr(err, "stage.lua:4: in load(): attempt to index") != NULL);
   /* Raised by a shipped module, without a position: the script's line that
    * called it is found on the stack. */
-  p = write_script("stage.lua", "local rules = require 'sandgate.rules'\n"
-                                "local M = {}\n"
-                                "function M.decide() return 'allow' end\n"
-                                "function M.selftest()\n"
-                                "  rules.compile({ egress = { { target = 'a b' } } })\n"
-                                "end\n"
-                                "return M\n");
+  p = write_script("stage.lua",
+                   "local rules = require 'sandgate.rules'\n"
+                   "local M = {}\n"
+                   "function M.decide() return 'allow' end\n"
+                   "function M.selftest()\n"
+                   "  rules.compile({ egress = { { target = 'a b' } } })\n"
+                   "end\n"
+                   "return M\n");
   ASSERT(build(p, NULL, &vm, err, sizeof(err)) < 0);
   ASSERT(strstr(err, "stage.lua:5: in selftest(): invalid policy: ") != NULL);
-  p = write_script("stage.lua", "local M = {}\n"
-                                "function M.decide() return 'allow' end\n"
-                                "function M.static_sets() error('no sets') end\n"
-                                "return M\n");
+  p = write_script("stage.lua",
+                   "local M = {}\n"
+                   "function M.decide() return 'allow' end\n"
+                   "function M.static_sets() error('no sets') end\n"
+                   "return M\n");
   ASSERT(build_full(p, NULL, NULL, NULL, &vm, err, sizeof(err)) < 0);
   ASSERT(strstr(err, "stage.lua:3: in static_sets(): ") != NULL);
 }
