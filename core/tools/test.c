@@ -26,8 +26,8 @@ static const char usage[] =
     "Runs the cases of the JSON file CASES against SCRIPT, loaded as the server\n"
     "loads it, and prints one line per case and \"N passed, M failed\". A failed\n"
     "case shows what it expected and what the script did. Exit 0 only when\n"
-    "every case passed. The cases file's format is in README.md (\"Testing\n"
-    "policies\"); its policy, always, routes and config fields replace the\n"
+    "every case passed. The cases file's format is in README.md (\"Cases\n"
+    "files\"); its policy, always, routes and config fields replace the\n"
     "flags' inputs.\n"
     "\n"
     "flags: those of `sandgate check` (see sandgate check --help)\n";

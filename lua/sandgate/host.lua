@@ -237,8 +237,8 @@ local function load_script(src, chunkname)
   return hooks
 end
 
--- Checks the hooks table against spec ({ name = required?, ... } in
--- `order`) and raises every problem at once, one line each.
+-- Checks that each hook named in `order` is a function (or absent, unless
+-- `required` has its name) and raises every problem at once, one per line.
 local function check_hooks(hooks, chunkname, order, required)
   local errors = {}
   for i = 1, #order do
