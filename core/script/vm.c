@@ -487,8 +487,9 @@ static void describe_rule(lua_State *L, int r, sg_vm_verdict_t *v) {
   const char *rule =
       lua_type(L, r + 1) == LUA_TSTRING ? lua_tolstring(L, r + 1, &rlen) : NULL;
   int has_index = lua_type(L, r + 3) == LUA_TNUMBER;
+  size_t tlen = 0;
   const char *target =
-      lua_type(L, r + 4) == LUA_TSTRING ? lua_tostring(L, r + 4) : NULL;
+      lua_type(L, r + 4) == LUA_TSTRING ? lua_tolstring(L, r + 4, &tlen) : NULL;
   if (rule) {
     if (rlen >= sizeof(v->rule))
       rlen = sizeof(v->rule) - 1;
@@ -500,7 +501,10 @@ static void describe_rule(lua_State *L, int r, sg_vm_verdict_t *v) {
   }
   if (has_index && target) {
     v->index = (int)lua_tointeger(L, r + 3);
-    snprintf(v->target, sizeof(v->target), "%s", target);
+    if (tlen >= sizeof(v->target))
+      tlen = sizeof(v->target) - 1;
+    memcpy(v->target, target, tlen);
+    v->target[tlen] = 0;
   }
   const char *src = lua_tostring(L, r + 6);
   if (src && strcmp(src, "deny.always") == 0)
