@@ -28,6 +28,21 @@ endif()
 
 # The specs' paths and roots come from the .busted file at the top.
 
+# The shipped cases files: spec/cases/<path>.json holds the cases of the
+# script <path>.lua (a shipped policy or an example), run by `sandgate test`
+# exactly as a user's CI would run theirs.
+file(GLOB_RECURSE SG_CASES RELATIVE ${CMAKE_SOURCE_DIR}/spec/cases
+  ${CMAKE_SOURCE_DIR}/spec/cases/*.json)
+foreach(c ${SG_CASES})
+  string(REGEX REPLACE "\\.json$" "" script ${c})
+  add_test(NAME cases/${script}
+    COMMAND sandgate test ${CMAKE_SOURCE_DIR}/${script}.lua ${CMAKE_SOURCE_DIR}/spec/cases/${c})
+endforeach()
+
+# `sandgate check` and `sandgate test` from the command line (no root).
+add_test(NAME tools/test_cli COMMAND bash ${CMAKE_SOURCE_DIR}/spec/tools/test_cli.sh
+  $<TARGET_FILE:sandgate>)
+
 # End-to-end scenarios: each is a bash script that builds its own network
 # namespaces and cleans them up. They need root.
 file(GLOB SG_E2E_TESTS ${CMAKE_SOURCE_DIR}/spec/e2e/test_*.sh)

@@ -6,6 +6,7 @@
 #include "ingress/ingress.h"
 #include "portproxy/portproxy.h"
 #include "run/run.h"
+#include "tools/tools.h"
 
 #define SANDGATE_VERSION "0.1.0"
 
@@ -22,9 +23,11 @@ static const char usage[] =
     "  run        a command in a fresh network namespace behind the egress "
     "plane\n"
     "  endpoint   where a sandbox port is reached in single-host mode\n"
+    "  check      load a policy or routing script as the server would; print "
+    "ok or its errors\n"
+    "  test       run a JSON cases file against a policy or routing script\n"
     "  version    print the version\n"
     "\n"
-    "Not built yet (see README): check, test.\n"
     "Run `sandgate <command> --help` for the flags of a command.\n";
 
 int main(int argc, char **argv) {
@@ -44,6 +47,10 @@ int main(int argc, char **argv) {
     return sg_run_main(argc - 1, argv + 1);
   if (strcmp(cmd, "endpoint") == 0)
     return sg_endpoint_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "check") == 0)
+    return sg_check_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "test") == 0)
+    return sg_test_main(argc - 1, argv + 1);
   if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
     printf("sandgate %s\n", SANDGATE_VERSION);
     return 0;

@@ -4,9 +4,11 @@
  * or from an upstream resolver (answers). */
 #include "dns/message.h"
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 /* A name with more pointer hops than this is a loop or an attack: a real
@@ -297,26 +299,128 @@ void sg_dns_set_id(uint8_t *pkt, uint16_t id) {
   wr16(pkt, id);
 }
 
+static const struct {
+  uint16_t type;
+  const char *name;
+} type_names[] = {
+    {1, "A"},      {2, "NS"},      {5, "CNAME"},  {6, "SOA"},   {12, "PTR"},
+    {13, "HINFO"}, {15, "MX"},     {16, "TXT"},   {28, "AAAA"}, {33, "SRV"},
+    {35, "NAPTR"}, {39, "DNAME"},  {41, "OPT"},   {43, "DS"},   {46, "RRSIG"},
+    {47, "NSEC"},  {48, "DNSKEY"}, {50, "NSEC3"}, {52, "TLSA"}, {64, "SVCB"},
+    {65, "HTTPS"}, {99, "SPF"},    {252, "AXFR"}, {255, "ANY"}, {257, "CAA"},
+};
+#define NTYPE_NAMES (sizeof(type_names) / sizeof(type_names[0]))
+
 const char *sg_dns_type_name(uint16_t qtype, char buf[16]) {
-  static const struct {
-    uint16_t type;
-    const char *name;
-  } names[] = {
-      {1, "A"},      {2, "NS"},      {5, "CNAME"},  {6, "SOA"},   {12, "PTR"},
-      {13, "HINFO"}, {15, "MX"},     {16, "TXT"},   {28, "AAAA"}, {33, "SRV"},
-      {35, "NAPTR"}, {39, "DNAME"},  {41, "OPT"},   {43, "DS"},   {46, "RRSIG"},
-      {47, "NSEC"},  {48, "DNSKEY"}, {50, "NSEC3"}, {52, "TLSA"}, {64, "SVCB"},
-      {65, "HTTPS"}, {99, "SPF"},    {252, "AXFR"}, {255, "ANY"}, {257, "CAA"},
-  };
-  for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-    if (names[i].type == qtype) {
+  for (size_t i = 0; i < NTYPE_NAMES; i++) {
+    if (type_names[i].type == qtype) {
       /* Copied so the caller always gets buf back, as the header says. */
-      snprintf(buf, 16, "%s", names[i].name);
+      snprintf(buf, 16, "%s", type_names[i].name);
       return buf;
     }
   }
   snprintf(buf, 16, "TYPE%u", (unsigned)qtype);
   return buf;
+}
+
+int sg_dns_type_parse(const char *text, uint16_t *qtype) {
+  for (size_t i = 0; i < NTYPE_NAMES; i++) {
+    if (strcasecmp(text, type_names[i].name) == 0) {
+      *qtype = type_names[i].type;
+      return 0;
+    }
+  }
+  if (strncasecmp(text, "TYPE", 4) != 0)
+    return -EINVAL;
+  const char *d = text + 4;
+  unsigned long v = 0;
+  if (*d == 0 || (d[0] == '0' && d[1] != 0))
+    return -EINVAL;
+  for (; *d; d++) {
+    if (*d < '0' || *d > '9')
+      return -EINVAL;
+    v = v * 10 + (unsigned long)(*d - '0');
+    if (v > 65535)
+      return -EINVAL;
+  }
+  *qtype = (uint16_t)v;
+  return 0;
+}
+
+/* Reads one octet of a presentation name at *p: a plain character, \X or
+ * \DDD. Returns the octet, or -1 for a bad escape. */
+static int presentation_octet(const char **p) {
+  const char *s = *p;
+  if (*s != '\\') {
+    *p = s + 1;
+    return (unsigned char)*s;
+  }
+  if (s[1] >= '0' && s[1] <= '9') {
+    if (!(s[2] >= '0' && s[2] <= '9' && s[3] >= '0' && s[3] <= '9'))
+      return -1;
+    int v = (s[1] - '0') * 100 + (s[2] - '0') * 10 + (s[3] - '0');
+    if (v > 255)
+      return -1;
+    *p = s + 4;
+    return v;
+  }
+  if (s[1] == 0)
+    return -1;
+  *p = s + 2;
+  return (unsigned char)s[1];
+}
+
+int sg_dns_build_query(const char *name, uint16_t qtype, uint16_t id,
+                       uint8_t *out, size_t cap, char *err, size_t errlen) {
+  uint8_t wire[SG_DNS_WIRE_NAME_MAX];
+  size_t n = 0;
+  const char *p = name;
+  /* "" and "." are the root; otherwise one label per (unescaped) dot, and
+   * one trailing dot is allowed. */
+  if (strcmp(p, ".") == 0)
+    p++;
+  while (*p) {
+    size_t len_at = n++;
+    size_t label = 0;
+    while (*p && *p != '.') {
+      int c = presentation_octet(&p);
+      if (c < 0) {
+        snprintf(err, errlen,
+                 "has a backslash that is not followed by a "
+                 "character or three digits up to 255");
+        return -EINVAL;
+      }
+      if (++label > 63) {
+        snprintf(err, errlen, "has a label longer than 63 octets");
+        return -EINVAL;
+      }
+      if (n + 1 >= sizeof(wire)) {
+        snprintf(err, errlen, "is longer than 255 octets");
+        return -EINVAL;
+      }
+      wire[n++] = (uint8_t)c;
+    }
+    if (label == 0) {
+      snprintf(err, errlen, "has an empty label");
+      return -EINVAL;
+    }
+    wire[len_at] = (uint8_t)label;
+    if (*p == '.')
+      p++;
+  }
+  wire[n++] = 0;
+  if (cap < SG_DNS_HEADER_LEN + n + 4) {
+    snprintf(err, errlen, "does not fit the buffer");
+    return -ENOSPC;
+  }
+  memset(out, 0, SG_DNS_HEADER_LEN);
+  wr16(out, id);
+  wr16(out + 2, SG_DNS_FLAG_RD);
+  wr16(out + 4, 1);
+  memcpy(out + SG_DNS_HEADER_LEN, wire, n);
+  wr16(out + SG_DNS_HEADER_LEN + n, qtype);
+  wr16(out + SG_DNS_HEADER_LEN + n + 2, CLASS_IN);
+  return (int)(SG_DNS_HEADER_LEN + n + 4);
 }
 
 /* The names whose addresses count: the question's name and the CNAME

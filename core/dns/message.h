@@ -109,6 +109,21 @@ void sg_dns_set_id(uint8_t *pkt, uint16_t id);
  * buf and returns buf. */
 const char *sg_dns_type_name(uint16_t qtype, char buf[16]);
 
+/* Parses a type as sg_dns_type_name writes it ("AAAA", "https", any case)
+ * or "TYPE<n>" (0-65535). Returns 0, or -EINVAL for anything else. */
+int sg_dns_type_parse(const char *text, uint16_t *qtype);
+
+/* Builds a standard query (RD set, one question of class IN) for a name in
+ * presentation form as people write it: "Files.PyPI.org", "pypi.org." (one
+ * trailing dot allowed), "" or "." for the root, with \DDD (decimal) and \X
+ * escapes ("a\.b.example" is one label "a.b" under example). Parsing the
+ * result with sg_dns_parse_query gives the name exactly as the proxy hands
+ * a real query for it to the policy. Returns the length, or a negative errno
+ * with err saying what is wrong with the name, to follow it in a message
+ * ("has an empty label", "is longer than 255 octets", ...). */
+int sg_dns_build_query(const char *name, uint16_t qtype, uint16_t id,
+                       uint8_t *out, size_t cap, char *err, size_t errlen);
+
 /* An address found in an answer. */
 typedef struct {
   int family; /* AF_INET or AF_INET6 */

@@ -10,6 +10,7 @@
 #include <lualib.h>
 
 #include "http/server.h"
+#include "script/trusted.h"
 #include "util/log.h"
 
 #define AUTH_HEADER "OPENSANDBOX-EGRESS-AUTH"
@@ -181,6 +182,58 @@ static void on_script(sg_egress_api_t *a, const sg_http_request_t *req,
   }
 }
 
+/* GET /policy/explain?name=NAME[&qtype=A][&client=IP][&transport=udp]:
+ * policyapi.explain_args reads the query string, the plane asks its running
+ * VM. */
+static void on_explain(sg_egress_api_t *a, const sg_http_request_t *req,
+                       sg_http_reply_t *r) {
+  if (!method_is(req, "GET")) {
+    respond_text(r, 405, "method not allowed", "Allow: GET\r\n");
+    return;
+  }
+  lua_State *L = a->L;
+  lua_getfield(L, 1, "explain_args");
+  if (req->query)
+    lua_pushlstring(L, req->query, req->query_len);
+  else
+    lua_pushnil(L);
+  if (lua_pcall(L, 1, 4, 0) != 0) {
+    sg_log_msg(SG_LOG_ERROR, "api.internal_error", "policyapi.explain_args: %s",
+               lua_tostring(L, -1));
+    respond_text(r, 500, "internal error", NULL);
+    lua_settop(L, 1);
+    return;
+  }
+  if (lua_isnil(L, -4)) {
+    const char *why = lua_tostring(L, -3);
+    respond_text(r, 400, why ? why : "bad query", NULL);
+    lua_settop(L, 1);
+    return;
+  }
+  sg_egress_question_t q = {
+      .name = lua_tostring(L, -4),
+      .qtype = lua_tostring(L, -3),
+      .client = lua_tostring(L, -2),
+      .transport = lua_tostring(L, -1),
+  };
+  char *body = NULL, err[600];
+  size_t len = 0;
+  FILE *f = open_memstream(&body, &len);
+  int rc = f ? a->o.explain(a->o.ctx, &q, f, err, sizeof(err)) : -ENOMEM;
+  if (f) {
+    fputc('\n', f);
+    fclose(f);
+  }
+  lua_settop(L, 1);
+  if (rc == 0)
+    sg_http_respond(r, 200, "application/json", body, len, NULL);
+  else if (rc == -EINVAL)
+    respond_text(r, 400, err, NULL);
+  else
+    respond_text(r, 500, "out of memory", NULL);
+  free(body);
+}
+
 /* GET /metrics: the plane's counters, then the API's own. */
 static void on_metrics(sg_egress_api_t *a, sg_http_reply_t *r) {
   char *text = NULL;
@@ -243,6 +296,10 @@ static void on_request(void *ctx, const sg_http_request_t *req,
     on_script(a, req, r);
     return;
   }
+  if (path_is(req, "/policy/explain")) {
+    on_explain(a, req, r);
+    return;
+  }
   if (!path_is(req, "/policy")) {
     respond_text(r, 404, "404 page not found", NULL);
     return;
@@ -271,27 +328,12 @@ int sg_egress_api_start(uv_loop_t *loop, const sg_egress_api_opts_t *o,
   }
   a->enforcement = strdup(o->enforcement ? o->enforcement : "dns");
 
-  /* The API's own Lua state: trusted code only (no user script runs here),
-   * so it gets the plain standard library. */
-  lua_State *L = a->L = luaL_newstate();
-  if (!L) {
+  /* The API's own Lua state: trusted code only (no user script runs here). */
+  int rc =
+      sg_trusted_open(o->data_dir, "sandgate.policyapi", &a->L, err, errlen);
+  if (rc) {
     api_free(a);
-    snprintf(err, errlen, "cannot create the API's Lua state");
-    return -ENOMEM;
-  }
-  luaL_openlibs(L);
-  lua_getglobal(L, "package");
-  lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua", o->data_dir,
-                  o->data_dir);
-  lua_setfield(L, -2, "path");
-  lua_pop(L, 1);
-  lua_getglobal(L, "require");
-  lua_pushstring(L, "sandgate.policyapi");
-  if (lua_pcall(L, 1, 1, 0) != 0) {
-    snprintf(err, errlen, "cannot load sandgate.policyapi: %s",
-             lua_tostring(L, -1));
-    api_free(a);
-    return -EINVAL;
+    return rc;
   }
 
   sg_http_server_opts_t ho = {
@@ -300,7 +342,7 @@ int sg_egress_api_start(uv_loop_t *loop, const sg_egress_api_opts_t *o,
       .handler = on_request,
       .ctx = a,
   };
-  int rc = sg_http_server_start(loop, &ho, &a->http, err, errlen);
+  rc = sg_http_server_start(loop, &ho, &a->http, err, errlen);
   if (rc) {
     api_free(a);
     return rc;

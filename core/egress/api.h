@@ -1,9 +1,10 @@
 /* The egress policy API (OpenSandbox-compatible, on :18080): health, auth,
- * and /policy reads and writes. The semantics of every write (PATCH merge,
- * DELETE, limits, the JSON shapes) live in lua/sandgate/policyapi.lua and
- * run in a trusted Lua state of their own; this file routes requests, checks
- * the token, and hands a new document to the plane, which builds a policy
- * VM with it, persists it and swaps it in, or refuses it whole. */
+ * /policy reads and writes, and /policy/explain. The semantics of every write
+ * (PATCH merge, DELETE, limits, the JSON shapes) live in
+ * lua/sandgate/policyapi.lua and run in a trusted Lua state of their own; this
+ * file routes requests, checks the token, and hands a new document to the
+ * plane, which builds a policy VM with it, persists it and swaps it in, or
+ * refuses it whole. */
 #ifndef SG_EGRESS_API_H
 #define SG_EGRESS_API_H
 
@@ -11,6 +12,8 @@
 #include <stdio.h>
 #include <sys/socket.h>
 #include <uv.h>
+
+#include "egress/explain.h"
 
 typedef struct sg_egress_api sg_egress_api_t;
 
@@ -31,6 +34,10 @@ typedef struct {
    * negative errno when it could not be persisted. Nothing changes then. */
   int (*apply_script)(void *ctx, const char *src, size_t len, char *err,
                       size_t errlen);
+  /* GET /policy/explain: writes what the running policy decides for q (see
+   * egress/explain.h); -EINVAL with err for a bad question. */
+  int (*explain)(void *ctx, const sg_egress_question_t *q, FILE *f, char *err,
+                 size_t errlen);
   void *ctx;
   struct sockaddr_storage listen;
   const char *data_dir;    /* where lua/ is */

@@ -12,6 +12,7 @@
 #include "dns/server.h"
 #include "dns/upstream.h"
 #include "egress/api.h"
+#include "egress/explain.h"
 #include "egress/webhook.h"
 #include "nft/dynset.h"
 #include "nft/intercept.h"
@@ -759,6 +760,12 @@ static char *script_store_path(const char *policy_file) {
   return p;
 }
 
+/* GET /policy/explain: the running VM, asked as the proxy asks it. */
+static int explain(void *ctx, const sg_egress_question_t *q, FILE *f, char *err,
+                   size_t errlen) {
+  return sg_egress_explain(((egress_t *)ctx)->vm, q, f, err, errlen);
+}
+
 static const char *current_script(void *ctx, size_t *len) {
   egress_t *e = ctx;
   *len = e->script_len;
@@ -1024,6 +1031,7 @@ int sg_egress_main(int argc, char **argv) {
         .current_script = current_script,
         .write_metrics = write_metrics,
         .apply_script = apply_script,
+        .explain = explain,
         .ctx = &e,
         .listen = e.cfg.api_listen,
         .data_dir = e.cfg.data_dir,

@@ -15,11 +15,16 @@
 #include <sys/stat.h>
 #include <uv.h>
 
+#include <lua.h>
+
 #include "http/server.h"
+#include "ingress/routing.h"
 #include "nft/ipset.h"
 #include "proxy/proxy.h"
+#include "script/trusted.h"
 #include "script/vm.h"
 #include "util/file.h"
+#include "util/json.h"
 #include "util/log.h"
 #include "util/sockaddr.h"
 
@@ -96,6 +101,11 @@ struct ingress {
   worker_t w[MAX_WORKERS];
   int nworkers;
   sg_http_server_t *admin;
+  /* POST /explain: a VM of the main thread's own, built and swapped with
+   * the workers' (a worker's VM belongs to its thread), and a trusted state
+   * that reads request descriptions (sandgate.cases). */
+  sg_vm_t *explain_vm;
+  lua_State *L;
   uv_signal_t sighup, sigterm, sigint;
   uv_fs_event_t watch_script, watch_routes, watch_config;
   uv_timer_t debounce;
@@ -306,89 +316,15 @@ static int load_config(config_t *c, int argc, char **argv, char *err,
 
 /* ---- the routing VM ---- */
 
-static void json_str(FILE *f, const char *s) {
-  fputc('"', f);
-  for (; *s; s++) {
-    unsigned char ch = (unsigned char)*s;
-    if (ch == '"' || ch == '\\')
-      fprintf(f, "\\%c", ch);
-    else if (ch < 0x20)
-      fprintf(f, "\\u%04x", ch);
-    else
-      fputc(ch, f);
-  }
-  fputc('"', f);
-}
-
-/* The configuration the Lua host gets: mode, the routes file's document,
- * the DNS template and the keys. */
-static char *build_cfg(const ingress_t *g, char *err, size_t errlen) {
-  char *routes = NULL, *extra = NULL;
-  if (g->cfg.routes &&
-      sg_file_read(g->cfg.routes, &routes, NULL, err, errlen))
-    return NULL;
-  /* An empty file is a write in progress (truncate, then write), not an
-   * empty table: that is `{}`. */
-  if (routes && routes[strspn(routes, " \t\r\n")] == 0) {
-    snprintf(err, errlen,
-             "routes file %s is empty (an empty routes table is {})",
-             g->cfg.routes);
-    free(routes);
-    return NULL;
-  }
-  if (g->cfg.script_config &&
-      sg_file_read(g->cfg.script_config, &extra, NULL, err, errlen)) {
-    free(routes);
-    return NULL;
-  }
-  char *out = NULL;
-  size_t len = 0;
-  FILE *f = open_memstream(&out, &len);
-  if (!f) {
-    free(routes);
-    free(extra);
-    snprintf(err, errlen, "out of memory");
-    return NULL;
-  }
-  fputs("{\"mode\":", f);
-  json_str(f, strcasecmp(g->cfg.mode, "uri") == 0 ? "uri" : "header");
-  fputs(",\"routes\":", f);
-  fputs(routes && *routes ? routes : "null", f);
-  fputs(",\"script_config\":", f);
-  fputs(extra && *extra ? extra : "null", f);
-  fputs(",\"dns_template\":", f);
-  if (g->cfg.dns_template)
-    json_str(f, g->cfg.dns_template);
-  else
-    fputs("null", f);
-  fputs(",\"keys\":{", f);
-  if (g->cfg.keys) {
-    char *copy = strdup(g->cfg.keys), *save = NULL;
-    int first = 1;
-    for (char *t = copy ? strtok_r(copy, ",", &save) : NULL; t;
-         t = strtok_r(NULL, ",", &save)) {
-      char *eq = strchr(t, '=');
-      if (!eq)
-        continue;
-      *eq = 0;
-      if (!first)
-        fputc(',', f);
-      first = 0;
-      json_str(f, t);
-      fputc(':', f);
-      json_str(f, eq + 1);
-    }
-    free(copy);
-  }
-  fputs("}}", f);
-  fclose(f);
-  free(routes);
-  free(extra);
-  return out;
-}
-
 static int build_vm(ingress_t *g, sg_vm_t **out, char *err, size_t errlen) {
-  char *cfg = build_cfg(g, err, errlen);
+  sg_ingress_sources_t src = {
+      .mode = g->cfg.mode,
+      .routes = g->cfg.routes,
+      .script_config = g->cfg.script_config,
+      .dns_template = g->cfg.dns_template,
+      .keys = g->cfg.keys,
+  };
+  char *cfg = sg_ingress_config_json(&src, err, errlen);
   if (!cfg)
     return -EINVAL;
   sg_vm_opts_t o = {
@@ -415,12 +351,14 @@ static int changed(const char *path, const struct stat *o) {
 
 static int reload(ingress_t *g, const char *trigger, char *err,
                   size_t errlen) {
-  sg_vm_t *vms[MAX_WORKERS];
+  /* One VM per worker, and one for /explain: all or none. */
+  sg_vm_t *vms[MAX_WORKERS + 1];
+  int want = g->nworkers + (g->explain_vm ? 1 : 0);
   remember(g->cfg.script, &g->seen_script);
   remember(g->cfg.routes, &g->seen_routes);
   remember(g->cfg.script_config, &g->seen_config);
   int rc = 0, built = 0;
-  for (; built < g->nworkers && !rc; built++)
+  for (; built < want && !rc; built++)
     rc = build_vm(g, &vms[built], err, errlen);
   if (rc) {
     for (int i = 0; i < built - 1; i++)
@@ -442,6 +380,10 @@ static int reload(ingress_t *g, const char *trigger, char *err,
     uv_mutex_unlock(&w->lock);
     sg_vm_unref(stale);
     uv_async_send(&w->async);
+  }
+  if (g->explain_vm) {
+    sg_vm_unref(g->explain_vm);
+    g->explain_vm = vms[g->nworkers];
   }
   g->reloads++;
   sg_logline_t l;
@@ -490,13 +432,7 @@ static void watch_dir(ingress_t *g, uv_fs_event_t *h, const char *path) {
 static void route(void *ctx, const sg_proxy_request_t *req,
                   sg_proxy_route_t *out) {
   worker_t *w = ctx;
-  if (req->target_len == 10 && memcmp(req->target, "/status.ok", 10) == 0 &&
-      strcmp(req->method, "GET") == 0) {
-    out->status = 200;
-    snprintf(out->message, sizeof(out->message), "OK");
-    return;
-  }
-  sg_vm_route(w->vm, req, out);
+  sg_ingress_route(w->vm, req, out);
 }
 
 static void write_metrics(ingress_t *g, FILE *f) {
@@ -562,6 +498,63 @@ static void write_metrics(ingress_t *g, FILE *f) {
           g->nworkers);
 }
 
+/* POST /explain with a request description ({method, path, headers, host,
+ * client}): what the gateway would do with that request, without sending
+ * anything (see ingress/routing.h). */
+static void on_explain(ingress_t *g, const sg_http_request_t *req,
+                       sg_http_reply_t *r) {
+  lua_State *L = g->L;
+  lua_getfield(L, 1, "decode_request");
+  lua_pushlstring(L, req->body, req->body_len);
+  int failed = lua_pcall(L, 1, 4, 0) != 0;
+  if (failed || lua_isnil(L, -4)) {
+    /* The error of a failed call, or the 400 message next to the nil. */
+    const char *why = lua_tostring(L, failed ? -1 : -3);
+    char body[1200];
+    int n = snprintf(body, sizeof(body), "%s\n", why ? why : "bad request");
+    if (n >= (int)sizeof(body))
+      n = (int)sizeof(body) - 1;
+    sg_http_respond(r, 400, "text/plain; charset=utf-8", body, (size_t)n, NULL);
+    lua_settop(L, 1);
+    return;
+  }
+  /* The description's strings stay on the stack for the whole call. */
+  sg_proxy_header_t hdrs[128];
+  size_t n = 0, count = lua_objlen(L, -1) / 2;
+  for (size_t i = 0; i < count && n < sizeof(hdrs) / sizeof(hdrs[0]); i++) {
+    lua_rawgeti(L, -1, (int)(2 * i + 1));
+    lua_rawgeti(L, -2, (int)(2 * i + 2));
+    hdrs[n].name = lua_tolstring(L, -2, &hdrs[n].name_len);
+    hdrs[n].value = lua_tolstring(L, -1, &hdrs[n].value_len);
+    lua_pop(L, 2);
+    n++;
+  }
+  size_t tlen;
+  const char *target = lua_tolstring(L, -3, &tlen);
+  sg_proxy_request_t pr = {
+      .method = lua_tostring(L, -4),
+      .target = target,
+      .target_len = tlen,
+      .client_ip = lua_tostring(L, -2),
+      .headers = hdrs,
+      .nheaders = n,
+  };
+  char *body = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&body, &len);
+  if (f) {
+    sg_ingress_explain(g->explain_vm, &pr, g->cfg.trusted, f);
+    fputc('\n', f);
+    fclose(f);
+    sg_http_respond(r, 200, "application/json", body, len, NULL);
+  } else {
+    sg_http_respond(r, 500, "text/plain; charset=utf-8", "out of memory\n", 14,
+                    NULL);
+  }
+  free(body);
+  lua_settop(L, 1);
+}
+
 static void on_admin(void *ctx, const sg_http_request_t *req,
                      sg_http_reply_t *r) {
   ingress_t *g = ctx;
@@ -592,8 +585,15 @@ static void on_admin(void *ctx, const sg_http_request_t *req,
     }
     return;
   }
-  sg_http_respond(r, 404, "text/plain; charset=utf-8",
-                  "not found (GET /metrics, POST /reload)\n", 39, NULL);
+  if (strcmp(req->method, "POST") == 0 && req->path_len == 8 &&
+      memcmp(req->path, "/explain", 8) == 0) {
+    on_explain(g, req, r);
+    return;
+  }
+  static const char nf[] =
+      "not found (GET /metrics, POST /reload, POST /explain)\n";
+  sg_http_respond(r, 404, "text/plain; charset=utf-8", nf, sizeof(nf) - 1,
+                  NULL);
 }
 
 /* ---- workers ---- */
@@ -739,6 +739,13 @@ int sg_ingress_main(int argc, char **argv) {
     }
   }
   if (g.cfg.admin_enabled) {
+    if ((rc = build_vm(&g, &g.explain_vm, err, sizeof(err))) ||
+        (rc = sg_trusted_open(g.cfg.data_dir, "sandgate.cases", &g.L, err,
+                              sizeof(err)))) {
+      sg_log_msg(SG_LOG_ERROR, "ingress.start_failed", "admin API: %s", err);
+      fprintf(stderr, "sandgate ingress: admin API: %s\n", err);
+      goto fail;
+    }
     sg_http_server_opts_t ao = {
         .listen = g.cfg.admin, .handler = on_admin, .ctx = &g};
     if ((rc = sg_http_server_start(g.loop, &ao, &g.admin, err, sizeof(err)))) {
@@ -801,6 +808,9 @@ fail:
   uv_run(g.loop, UV_RUN_DEFAULT);
   rc = 1;
 out:
+  sg_vm_unref(g.explain_vm);
+  if (g.L)
+    lua_close(g.L);
   sg_ipset_free(&g.cfg.trusted[0]);
   sg_ipset_free(&g.cfg.trusted[1]);
   uv_loop_close(g.loop);

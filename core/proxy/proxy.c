@@ -267,10 +267,6 @@ static int head_value(head_t *h, size_t max, const char *at, size_t n) {
   return 0;
 }
 
-static bool name_is(const head_t *h, const hdr_t *x, const char *name) {
-  size_t n = strlen(name);
-  return x->nl == n && strncasecmp(h->b + x->n, name, n) == 0;
-}
 
 /* Does a comma list (a Connection header) name `token`? */
 static bool list_has(const char *v, size_t vl, const char *token, size_t tl) {
@@ -354,6 +350,12 @@ static const char *head_kind(const head_t *h, int kind, size_t *len) {
   *len = h->h[i].vl;
   return h->b + h->h[i].v;
 }
+
+static bool name_eq(const char *name, size_t nl, const char *lower) {
+  size_t n = strlen(lower);
+  return nl == n && strncasecmp(name, lower, n) == 0;
+}
+
 
 /* ---- handles and lifetimes ---- */
 
@@ -1205,104 +1207,157 @@ static void start_tunnel(client_t *c, upstream_t *u, const char *rest,
 
 /* ---- the client side ---- */
 
-static bool client_in(const sg_proxy_t *p, const char *ip) {
-  if (!p->o.trusted)
+bool sg_proxy_trusted(const sg_ipset_t *trusted, const char *ip) {
+  if (!trusted)
     return false;
   sg_range_t r;
   int fam = sg_range_parse(ip, &r);
   if (!fam)
     return false;
-  const sg_ipset_t *s = &p->o.trusted[fam == 6];
+  const sg_ipset_t *s = &trusted[fam == 6];
   for (size_t i = 0; i < s->n; i++)
     if (r.lo >= s->r[i].lo && r.lo <= s->r[i].hi)
       return true;
   return false;
 }
 
-static bool removed(const sg_proxy_route_t *rt, const head_t *h,
-                    const hdr_t *x) {
+
+/* Whether the route removes or replaces a client's header. */
+static bool route_drops(const sg_proxy_route_t *rt, const char *name,
+                        size_t nl) {
   for (int i = 0; i < rt->nremove; i++)
-    if (name_is(h, x, rt->remove[i]))
+    if (name_eq(name, nl, rt->remove[i]))
       return true;
   for (int i = 0; i < rt->nset; i++)
-    if (name_is(h, x, rt->set_name[i]))
+    if (name_eq(name, nl, rt->set_name[i]))
       return true;
   return false;
 }
 
-/* The request head for the backend, from the client's head and the route. */
-static bool build_request(client_t *c, const sg_proxy_route_t *rt) {
-  sg_proxy_t *p = c->p;
-  head_t *h = &c->head;
-  bool trusted = client_in(p, c->ip);
+static void emit_str(sg_proxy_header_cb emit, void *ctx, const char *name,
+                     const char *value) {
+  emit(ctx, name, strlen(name), value, strlen(value));
+}
+
+void sg_proxy_forward_headers(const sg_proxy_request_t *req,
+                              const sg_proxy_route_t *rt, bool trusted,
+                              bool chunked, bool upgrade,
+                              sg_proxy_header_cb emit, void *ctx) {
+  /* Each header classified once (no name scans per lookup: this runs for
+   * every proxied request). */
+  uint8_t kind[MAX_HEADERS];
+  int first[9];
+  for (int k = 0; k < 9; k++)
+    first[k] = -1;
+  size_t n = req->nheaders < MAX_HEADERS ? req->nheaders : MAX_HEADERS;
+  for (size_t i = 0; i < n; i++) {
+    kind[i] = kind_of(req->headers[i].name, req->headers[i].name_len);
+    if (first[kind[i]] < 0)
+      first[kind[i]] = (int)i;
+  }
+  const sg_proxy_header_t *conn =
+      first[K_CONN] >= 0 ? &req->headers[first[K_CONN]] : NULL;
+#define FIRST(k) (first[k] >= 0 ? &req->headers[first[k]] : NULL)
+  const sg_proxy_header_t *host = FIRST(K_HOST), *xfp = FIRST(K_XFP),
+                          *xfh = FIRST(K_XFH), *up = FIRST(K_UPGRADE);
+#undef FIRST
+  if (rt->keep_host && host) {
+    emit(ctx, "Host", 4, host->value, host->value_len);
+  } else {
+    sb_t b = {0};
+    bool v6 = strchr(rt->host, ':') != NULL; /* an IPv6 literal */
+    sb_str(&b, v6 ? "[" : "");
+    sb_str(&b, rt->host);
+    sb_str(&b, v6 ? "]:" : ":");
+    sb_num(&b, rt->port, 10);
+    if (!b.oom)
+      emit(ctx, "Host", 4, b.b, b.len);
+    free(b.b);
+  }
+  for (size_t i = 0; i < n; i++) {
+    const sg_proxy_header_t *x = &req->headers[i];
+    uint8_t k = kind[i];
+    if (k == K_HOP || k == K_UPGRADE || k == K_CONN || k == K_HOST ||
+        k == K_XFF || k == K_XFP || k == K_XFH ||
+        (conn && list_has(conn->value, conn->value_len, x->name, x->name_len)) ||
+        route_drops(rt, x->name, x->name_len))
+      continue;
+    emit(ctx, x->name, x->name_len, x->value, x->value_len);
+  }
+  /* The client's X-Forwarded-* count only from a trusted proxy; anyone else
+   * could claim any address. A trusted proxy's X-Forwarded-For lines are
+   * all kept, in order. */
+  sb_t xff = {0};
+  if (trusted)
+    for (size_t i = 0; i < n; i++)
+      if (kind[i] == K_XFF && req->headers[i].value_len) {
+        sb_add(&xff, req->headers[i].value, req->headers[i].value_len);
+        sb_add(&xff, ", ", 2);
+      }
+  sb_str(&xff, req->client_ip);
+  if (!xff.oom)
+    emit(ctx, "X-Forwarded-For", 15, xff.b, xff.len);
+  free(xff.b);
+  if (trusted && xfp)
+    emit(ctx, "X-Forwarded-Proto", 17, xfp->value, xfp->value_len);
+  else
+    emit(ctx, "X-Forwarded-Proto", 17, "http", 4);
+  if (trusted && xfh)
+    emit(ctx, "X-Forwarded-Host", 16, xfh->value, xfh->value_len);
+  else if (host)
+    emit(ctx, "X-Forwarded-Host", 16, host->value, host->value_len);
+  for (int i = 0; i < rt->nset; i++)
+    emit_str(emit, ctx, rt->set_name[i], rt->set_value[i]);
+  if (chunked)
+    emit(ctx, "Transfer-Encoding", 17, "chunked", 7);
+  if (upgrade) {
+    emit(ctx, "Connection", 10, "Upgrade", 7);
+    emit(ctx, "Upgrade", 7, up ? up->value : "", up ? up->value_len : 0);
+  }
+}
+
+void sg_proxy_route(sg_proxy_route_cb route, void *ctx,
+                    const sg_proxy_request_t *req, sg_proxy_route_t *rt) {
+  rt->status = 500;
+  rt->message[0] = 0;
+  rt->content_type[0] = 0;
+  rt->host[0] = 0;
+  rt->path[0] = 0;
+  rt->port = 0;
+  rt->keep_host = 0;
+  rt->nset = rt->nremove = 0;
+  rt->sandbox[0] = 0;
+  int hosts = 0;
+  for (size_t i = 0; i < req->nheaders; i++)
+    hosts += name_eq(req->headers[i].name, req->headers[i].name_len, "host");
+  if (hosts > 1) {
+    rt->status = 400;
+    snprintf(rt->message, sizeof(rt->message), "more than one Host header");
+    return;
+  }
+  route(ctx, req, rt);
+}
+
+static void add_header(void *ctx, const char *name, size_t nl,
+                       const char *value, size_t vl) {
+  sb_t *s = ctx;
+  sb_add(s, name, nl);
+  sb_str(s, ": ");
+  sb_add(s, value, vl);
+  sb_str(s, "\r\n");
+}
+
+/* The request head for the backend, from the client's request and the
+ * route. */
+static bool build_request(client_t *c, const sg_proxy_request_t *req,
+                          const sg_proxy_route_t *rt) {
   sb_t s = {0};
-  sb_str(&s, llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->parser)));
+  sb_str(&s, req->method);
   sb_str(&s, " ");
   sb_str(&s, rt->path);
   sb_str(&s, " HTTP/1.1\r\n");
-  size_t hl = 0, xl = 0, pl = 0, fl = 0;
-  const char *host = head_kind(h, K_HOST, &hl);
-  const char *xff = head_kind(h, K_XFF, &xl);
-  const char *xfp = head_kind(h, K_XFP, &pl);
-  const char *xfh = head_kind(h, K_XFH, &fl);
-  if (rt->keep_host && host) {
-    sb_str(&s, "Host: ");
-    sb_add(&s, host, hl);
-    sb_str(&s, "\r\n");
-  } else {
-    bool v6 = strchr(rt->host, ':') != NULL; /* an IPv6 literal */
-    sb_str(&s, v6 ? "Host: [" : "Host: ");
-    sb_str(&s, rt->host);
-    sb_str(&s, v6 ? "]:" : ":");
-    sb_num(&s, rt->port, 10);
-    sb_add(&s, "\r\n", 2);
-  }
-  for (size_t i = 0; i < h->nh; i++) {
-    const hdr_t *x = &h->h[i];
-    uint8_t k = h->kind[i];
-    if (is_hop(h, i) || k == K_HOST || k == K_XFF || k == K_XFP ||
-        k == K_XFH || removed(rt, h, x))
-      continue;
-    sb_header(&s, h->b + x->n, x->nl, h->b + x->v, x->vl);
-  }
-  sb_str(&s, "X-Forwarded-For: ");
-  if (trusted && xff) {
-    /* Every X-Forwarded-For line of a trusted proxy, in order. */
-    for (size_t i = 0; i < h->nh; i++) {
-      const hdr_t *x = &h->h[i];
-      if (h->kind[i] != K_XFF || x->vl == 0)
-        continue;
-      sb_add(&s, h->b + x->v, x->vl);
-      sb_str(&s, ", ");
-    }
-  }
-  sb_str(&s, c->ip);
-  sb_str(&s, "\r\nX-Forwarded-Proto: ");
-  if (trusted && xfp)
-    sb_add(&s, xfp, pl);
-  else
-    sb_str(&s, "http");
-  sb_str(&s, "\r\n");
-  if ((trusted && xfh) || host) {
-    sb_str(&s, "X-Forwarded-Host: ");
-    if (trusted && xfh)
-      sb_add(&s, xfh, fl);
-    else
-      sb_add(&s, host, hl);
-    sb_str(&s, "\r\n");
-  }
-  for (int i = 0; i < rt->nset; i++)
-    sb_header(&s, rt->set_name[i], strlen(rt->set_name[i]), rt->set_value[i],
-              strlen(rt->set_value[i]));
-  if (c->req_chunked)
-    sb_str(&s, "Transfer-Encoding: chunked\r\n");
-  if (c->upgrade) {
-    size_t ul = 0;
-    const char *up = head_kind(h, K_UPGRADE, &ul);
-    sb_str(&s, "Connection: Upgrade\r\nUpgrade: ");
-    sb_add(&s, up ? up : "", up ? ul : 0);
-    sb_str(&s, "\r\n");
-  }
+  sg_proxy_forward_headers(req, rt, sg_proxy_trusted(c->p->o.trusted, c->ip),
+                           c->req_chunked, c->upgrade, add_header, &s);
   sb_str(&s, "\r\n");
   if (s.oom) {
     free(s.b);
@@ -1332,15 +1387,12 @@ static int q_headers_complete(llhttp_t *hp) {
   c->state = C_ROUTED;
 
   sg_proxy_header_t hdrs[MAX_HEADERS];
-  head_classify(h);
-  int hosts = 0;
   for (size_t i = 0; i < h->nh; i++) {
     hdr_t *x = &h->h[i];
     /* Values without trailing whitespace (llhttp drops the leading). */
     while (x->vl && (h->b[x->v + x->vl - 1] == ' ' ||
                      h->b[x->v + x->vl - 1] == '\t'))
       x->vl--;
-    hosts += h->kind[i] == K_HOST;
     hdrs[i] = (sg_proxy_header_t){h->b + x->n, h->b + x->v, x->nl, x->vl};
   }
   /* An absolute-form target (a client talking to us as to a proxy) is
@@ -1368,20 +1420,7 @@ static int q_headers_complete(llhttp_t *hp) {
       .nheaders = h->nh,
   };
   sg_proxy_route_t *rt = &p->route;
-  rt->status = 500;
-  rt->message[0] = 0;
-  rt->content_type[0] = 0;
-  rt->host[0] = 0;
-  rt->path[0] = 0;
-  rt->port = 0;
-  rt->keep_host = 0;
-  rt->nset = rt->nremove = 0;
-  if (hosts > 1) {
-    rt->status = 400;
-    snprintf(rt->message, sizeof(rt->message), "more than one Host header");
-  } else {
-    p->o.route(p->o.route_ctx, &req, rt);
-  }
+  sg_proxy_route(p->o.route, p->o.route_ctx, &req, rt);
   /* The body (if any) is read on: to the backend once it is connected,
    * buffered until then (with backpressure), dropped after an error. */
   c->state = C_BODY;
@@ -1394,7 +1433,7 @@ static int q_headers_complete(llhttp_t *hp) {
   }
   snprintf(c->up_host, sizeof(c->up_host), "%s", rt->host);
   c->up_port = rt->port;
-  if (!build_request(c, rt)) {
+  if (!build_request(c, &req, rt)) {
     send_error(c, 502, "out of memory", false);
     return HPE_PAUSED;
   }

@@ -8,6 +8,7 @@
 #ifndef SG_PROXY_PROXY_H
 #define SG_PROXY_PROXY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -52,6 +53,7 @@ typedef struct {
   char set_value[SG_PROXY_MAX_SET_HEADERS][512];
   int nremove;
   char remove[SG_PROXY_MAX_REMOVE_HEADERS][64]; /* lower-case */
+  char sandbox[128]; /* the sandbox the route names, "" if none (explain) */
 } sg_proxy_route_t;
 
 typedef void (*sg_proxy_route_cb)(void *ctx, const sg_proxy_request_t *req,
@@ -85,6 +87,33 @@ typedef struct {
   uint64_t clients_open;
   uint64_t errors_502, errors_504, aborted;
 } sg_proxy_stats_t;
+
+/* Routes a request as the engine does for every request it reads: out is
+ * reset, a request with more than one Host header is refused (400) without
+ * asking, anything else goes to route(ctx, req, out). Also what the
+ * gateway's /explain calls, so an explanation is the engine's own answer. */
+void sg_proxy_route(sg_proxy_route_cb route, void *ctx,
+                    const sg_proxy_request_t *req, sg_proxy_route_t *out);
+
+/* Whether the client at ip is a trusted proxy (its X-Forwarded-* values are
+ * kept): trusted is the [IPv4, IPv6] pair of sg_proxy_opts_t, or NULL. */
+bool sg_proxy_trusted(const sg_ipset_t *trusted, const char *ip);
+
+typedef void (*sg_proxy_header_cb)(void *ctx, const char *name, size_t nlen,
+                                   const char *value, size_t vlen);
+
+/* The headers of the request the engine sends to the backend for req and a
+ * forwarding route rt, in the order sent, one emit call each: Host (the
+ * backend's, or the client's with keep_host); the client's headers minus
+ * the hop-by-hop ones (and those Connection names), Host, X-Forwarded-*
+ * and those the route removes or sets; X-Forwarded-For, -Proto and -Host
+ * (the client's values kept only when trusted); the route's headers; and
+ * the framing the engine adds (Transfer-Encoding: chunked for a chunked
+ * body, Connection and Upgrade for an upgrade). */
+void sg_proxy_forward_headers(const sg_proxy_request_t *req,
+                              const sg_proxy_route_t *rt, bool trusted,
+                              bool chunked, bool upgrade,
+                              sg_proxy_header_cb emit, void *ctx);
 
 int sg_proxy_start(uv_loop_t *loop, const sg_proxy_opts_t *opts,
                    sg_proxy_t **out, char *err, size_t errlen);

@@ -67,7 +67,12 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
   sg_vm_t *vm = vm_of(L);
   if (vm->deadline_ns && uv_hrtime() > vm->deadline_ns) {
     vm->timed_out = 1;
-    luaL_error(L, "script exceeded its time budget");
+    /* Level 0 is the function the hook interrupted (luaL_error would name
+     * its caller): the message says where the script was cut off. */
+    luaL_where(L, 0);
+    lua_pushstring(L, "script exceeded its time budget");
+    lua_concat(L, 2);
+    lua_error(L);
   }
 }
 
@@ -132,7 +137,10 @@ static void vm_free(sg_vm_t *vm) {
 }
 
 /* Runs the function on top of the stack with nargs below it under the load
- * budget; on error copies the message into err. */
+ * budget; on error copies the message into err. The host's messages already
+ * name the file, line and stage, and the limit that was hit (see
+ * lua/sandgate/host.lua); the fallbacks here are for an error that escaped
+ * it (an allocation failing in the host's own code). */
 static int call_bounded(sg_vm_t *vm, int nargs, int nres, uint32_t budget_ms,
                         char *err, size_t errlen) {
   lua_State *L = vm->L;
@@ -148,17 +156,21 @@ static int call_bounded(sg_vm_t *vm, int nargs, int nres, uint32_t budget_ms,
   if (rc == LUA_ERRMEM)
     snprintf(err, errlen, "script exceeded its memory limit of %zu MiB",
              vm->mem_limit >> 20);
+  else if (msg)
+    snprintf(err, errlen, "%s", msg);
   else if (vm->timed_out)
     snprintf(err, errlen, "script exceeded its time budget of %u ms",
              budget_ms);
   else
-    snprintf(err, errlen, "%s", msg ? msg : "unknown error");
+    snprintf(err, errlen, "unknown error (a script raised a %s)",
+             luaL_typename(L, -1));
   lua_pop(L, 1);
   return -EINVAL;
 }
 
 /* Appends the addresses of one array field of the statics table at idx to
- * set (whose family the field must have). */
+ * set (whose family the field must have); `where` starts a message about a
+ * bad entry. */
 static int read_list(lua_State *L, int idx, const char *field, sg_ipset_t *set,
                      const char *where, char *err, size_t errlen) {
   lua_getfield(L, idx, field);
@@ -171,7 +183,7 @@ static int read_list(lua_State *L, int idx, const char *field, sg_ipset_t *set,
     int fam = text ? sg_range_parse(text, &r) : 0;
     if (fam != set->family) {
       snprintf(err, errlen,
-               "%s.%s[%zu] is %s%s%s, expected an IPv%d address or CIDR", where,
+               "%s%s[%zu] is %s%s%s, expected an IPv%d address or CIDR", where,
                field, i, text ? "\"" : "", text ? text : "not a string",
                text ? "\"" : "", set->family);
       rc = -EINVAL;
@@ -185,9 +197,13 @@ static int read_list(lua_State *L, int idx, const char *field, sg_ipset_t *set,
   return rc;
 }
 
-/* Converts host.statics' table at idx into st (see sg_vm_statics). */
-static int read_statics(lua_State *L, int idx, sg_nft_static_t *st, char *err,
-                        size_t errlen) {
+/* Converts host.statics' table at idx into st (see sg_vm_statics). A bad
+ * entry of the script's lists is reported as a load error of the script
+ * (named by file), in static_sets(). */
+static int read_statics(lua_State *L, int idx, sg_nft_static_t *st,
+                        const char *file, char *err, size_t errlen) {
+  char script_where[1100];
+  snprintf(script_where, sizeof(script_where), "%s: in static_sets(): ", file);
   static const char *const fam_suffix[2] = {"v4", "v6"};
   lua_getfield(L, idx, "default");
   const char *def = lua_tostring(L, -1);
@@ -200,16 +216,17 @@ static int read_statics(lua_State *L, int idx, sg_nft_static_t *st, char *err,
     sg_ipset_init(&always_allow, f ? 6 : 4);
     sg_ipset_init(&always_deny, f ? 6 : 4);
     snprintf(field, sizeof(field), "allow_%s", fam_suffix[f]);
-    rc = read_list(L, idx, field, &st->allow[f], "static_sets()", err, errlen);
+    rc = read_list(L, idx, field, &st->allow[f], script_where, err, errlen);
     snprintf(field, sizeof(field), "deny_%s", fam_suffix[f]);
     if (!rc)
-      rc = read_list(L, idx, field, &st->deny[f], "static_sets()", err, errlen);
+      rc = read_list(L, idx, field, &st->deny[f], script_where, err, errlen);
     snprintf(field, sizeof(field), "always_allow_%s", fam_suffix[f]);
     if (!rc)
-      rc = read_list(L, idx, field, &always_allow, "allow.always", err, errlen);
+      rc = read_list(L, idx, field, &always_allow, "allow.always: ", err,
+                     errlen);
     snprintf(field, sizeof(field), "always_deny_%s", fam_suffix[f]);
     if (!rc)
-      rc = read_list(L, idx, field, &always_deny, "deny.always", err, errlen);
+      rc = read_list(L, idx, field, &always_deny, "deny.always: ", err, errlen);
     if (!rc) {
       sg_ipset_normalize(&st->allow[f]);
       sg_ipset_normalize(&st->deny[f]);
@@ -287,6 +304,10 @@ static int vm_open(const sg_vm_opts_t *o, sg_vm_t **out, uint32_t *budget,
   lua_setfield(L, -2, "budget_exceeded");
   lua_pushcfunction(L, l_sha256);
   lua_setfield(L, -2, "sha256");
+  lua_pushinteger(L, (lua_Integer)load_budget);
+  lua_setfield(L, -2, "load_budget_ms");
+  lua_pushinteger(L, (lua_Integer)(vm->mem_limit >> 20));
+  lua_setfield(L, -2, "mem_limit_mib");
   if (call_bounded(vm, 1, 0, load_budget, err, errlen))
     goto fail;
   *out = vm;
@@ -297,28 +318,47 @@ fail:
   return -EINVAL;
 }
 
-int sg_vm_new_egress(const sg_vm_opts_t *o, sg_vm_t **out, char *err,
-                     size_t errlen) {
-  char *owned_src = NULL;
-  const char *src = o->script_src;
-  size_t src_len = o->script_len;
-  if (!src) {
-    int rc = sg_file_read(o->script_path, &owned_src, &src_len, err, errlen);
+/* The script's source: o->script_src, or the file read into *owned (which
+ * the caller frees). Uploaded or read, a script has the same size limit. */
+static int script_source(const sg_vm_opts_t *o, const char **src, size_t *len,
+                         char **owned, char *err, size_t errlen) {
+  *owned = NULL;
+  *src = o->script_src;
+  *len = o->script_len;
+  if (!*src) {
+    int rc = sg_file_read(o->script_path, owned, len, err, errlen);
     if (rc)
       return rc;
-    src = owned_src;
+    *src = *owned;
   }
-  /* Uploaded or read, a script has the same size limit. */
-  if (src_len > SCRIPT_MAX_BYTES) {
-    free(owned_src);
+  if (*len > SCRIPT_MAX_BYTES) {
+    free(*owned);
+    *owned = NULL;
     snprintf(err, errlen, "script %s is larger than %u bytes",
              o->script_path ? o->script_path : "(uploaded)", SCRIPT_MAX_BYTES);
     return -EFBIG;
   }
+  return 0;
+}
+
+/* The chunk name errors show: "@" and the script's path. */
+static void chunk_name(const sg_vm_opts_t *o, char *buf, size_t cap) {
+  snprintf(buf, cap, "@%s",
+           o->script_path ? o->script_path : "(uploaded script)");
+}
+
+int sg_vm_new_egress(const sg_vm_opts_t *o, sg_vm_t **out, char *err,
+                     size_t errlen) {
+  char *owned_src;
+  const char *src;
+  size_t src_len;
+  int rc = script_source(o, &src, &src_len, &owned_src, err, errlen);
+  if (rc)
+    return rc;
 
   sg_vm_t *vm;
   uint32_t load_budget;
-  int rc = vm_open(o, &vm, &load_budget, err, errlen);
+  rc = vm_open(o, &vm, &load_budget, err, errlen);
   if (rc) {
     free(owned_src);
     return rc;
@@ -327,8 +367,7 @@ int sg_vm_new_egress(const sg_vm_opts_t *o, sg_vm_t **out, char *err,
   int host = lua_gettop(L);
   rc = -EINVAL;
   char chunkname[1024];
-  snprintf(chunkname, sizeof(chunkname), "@%s",
-           o->script_path ? o->script_path : "(uploaded script)");
+  chunk_name(o, chunkname, sizeof(chunkname));
 
   /* host.egress(src, name, doc, always, want_statics) -> entry, statics.
    * The entry function stays at stack index 1 for the VM's life, so a
@@ -347,7 +386,10 @@ int sg_vm_new_egress(const sg_vm_opts_t *o, sg_vm_t **out, char *err,
       continue;
     lua_pushstring(L, o->always_text[i]);
     lua_setfield(L, -2, keys[i]);
-    lua_pushstring(L, o->always_name[i] ? o->always_name[i] : keys[i]);
+    /* Without a path the lists are named deny.always, ... */
+    if (!o->always_name[i])
+      continue;
+    lua_pushstring(L, o->always_name[i]);
     lua_pushfstring(L, "%s_name", keys[i]);
     lua_insert(L, -2);
     lua_settable(L, -3);
@@ -358,7 +400,8 @@ int sg_vm_new_egress(const sg_vm_opts_t *o, sg_vm_t **out, char *err,
   if (o->want_statics) {
     vm->has_statics = 1;
     sg_nft_static_init(&vm->statics);
-    if ((rc = read_statics(L, lua_gettop(L), &vm->statics, err, errlen)))
+    if ((rc = read_statics(L, lua_gettop(L), &vm->statics, chunkname + 1, err,
+                           errlen)))
       goto fail;
     rc = -EINVAL;
   }
@@ -381,6 +424,46 @@ fail:
   return rc;
 }
 
+int sg_vm_script_kind(const sg_vm_opts_t *o, sg_vm_kind_t *kind, char *err,
+                      size_t errlen) {
+  char *owned_src;
+  const char *src;
+  size_t src_len;
+  int rc = script_source(o, &src, &src_len, &owned_src, err, errlen);
+  if (rc)
+    return rc;
+  sg_vm_t *vm;
+  uint32_t load_budget;
+  rc = vm_open(o, &vm, &load_budget, err, errlen);
+  if (rc) {
+    free(owned_src);
+    return rc;
+  }
+  lua_State *L = vm->L;
+  char chunkname[1024];
+  chunk_name(o, chunkname, sizeof(chunkname));
+  /* host.kind(src, name) -> "egress" | "ingress" | nil, why */
+  lua_getfield(L, -1, "kind");
+  lua_pushlstring(L, src, src_len);
+  lua_pushstring(L, chunkname);
+  rc = call_bounded(vm, 2, 2, load_budget, err, errlen);
+  free(owned_src);
+  if (!rc) {
+    const char *k = lua_tostring(L, -2);
+    if (k && strcmp(k, "egress") == 0) {
+      *kind = SG_VM_KIND_EGRESS;
+    } else if (k && strcmp(k, "ingress") == 0) {
+      *kind = SG_VM_KIND_INGRESS;
+    } else {
+      const char *why = lua_tostring(L, -1);
+      snprintf(err, errlen, "%s", why ? why : "unknown script kind");
+      rc = -EINVAL;
+    }
+  }
+  vm_free(vm);
+  return rc;
+}
+
 sg_vm_t *sg_vm_ref(sg_vm_t *vm) {
   if (vm)
     vm->refs++;
@@ -394,6 +477,40 @@ void sg_vm_unref(sg_vm_t *vm) {
 
 size_t sg_vm_mem_used(const sg_vm_t *vm) {
   return vm->mem_used;
+}
+
+/* Fills the verdict's rule reference, source, index and target from the
+ * entry's results starting at stack index r. A rule named by index and
+ * target is formatted here, only when it is asked for (logging, explain). */
+static void describe_rule(lua_State *L, int r, sg_vm_verdict_t *v) {
+  size_t rlen = 0;
+  const char *rule =
+      lua_type(L, r + 1) == LUA_TSTRING ? lua_tolstring(L, r + 1, &rlen) : NULL;
+  int has_index = lua_type(L, r + 3) == LUA_TNUMBER;
+  size_t tlen = 0;
+  const char *target =
+      lua_type(L, r + 4) == LUA_TSTRING ? lua_tolstring(L, r + 4, &tlen) : NULL;
+  if (rule) {
+    if (rlen >= sizeof(v->rule))
+      rlen = sizeof(v->rule) - 1;
+    memcpy(v->rule, rule, rlen);
+    v->rule[rlen] = 0;
+  } else if (has_index && target) {
+    snprintf(v->rule, sizeof(v->rule), "egress[%d] %s %s",
+             (int)lua_tointeger(L, r + 3), v->allow ? "allow" : "deny", target);
+  }
+  if (has_index && target) {
+    v->index = (int)lua_tointeger(L, r + 3);
+    if (tlen >= sizeof(v->target))
+      tlen = sizeof(v->target) - 1;
+    memcpy(v->target, target, tlen);
+    v->target[tlen] = 0;
+  }
+  const char *src = lua_tostring(L, r + 6);
+  if (src && strcmp(src, "deny.always") == 0)
+    v->source = SG_VM_SOURCE_DENY_ALWAYS;
+  else if (src && strcmp(src, "allow.always") == 0)
+    v->source = SG_VM_SOURCE_ALLOW_ALWAYS;
 }
 
 sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
@@ -413,10 +530,13 @@ sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
   vm->timed_out = 0;
   vm->deadline_ns = uv_hrtime() + (uint64_t)vm->call_budget_ms * 1000000u;
   vm->enforce = 1;
-  int rc = lua_pcall(L, 4, 6, 0);
+  int rc = lua_pcall(L, 4, 7, 0);
   vm->enforce = 0;
   vm->deadline_ns = 0;
 
+  v->source = SG_VM_SOURCE_POLICY;
+  v->index = -1;
+  v->target[0] = 0;
   sg_vm_status_t st = SG_VM_OK;
   if (rc != 0) {
     const char *msg = lua_tostring(L, -1);
@@ -437,28 +557,15 @@ sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
       snprintf(v->error, sizeof(v->error), "%s", msg ? msg : "unknown error");
     }
   } else {
-    /* Results: allow, rule, rcode, index, target, quiet. */
-    v->quiet = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    v->allow = lua_tointeger(L, -5) == 1;
-    if (!v->allow && lua_isnumber(L, -3))
-      v->rcode = (int)lua_tointeger(L, -3);
-    size_t rlen = 0;
-    const char *rule = !q->want_rule ? NULL
-                       : lua_type(L, -4) == LUA_TSTRING
-                           ? lua_tolstring(L, -4, &rlen)
-                           : NULL;
-    if (rule) {
-      if (rlen >= sizeof(v->rule))
-        rlen = sizeof(v->rule) - 1;
-      memcpy(v->rule, rule, rlen);
-      v->rule[rlen] = 0;
-    } else if (q->want_rule && lua_type(L, -2) == LUA_TNUMBER &&
-               lua_type(L, -1) == LUA_TSTRING) {
-      snprintf(v->rule, sizeof(v->rule), "egress[%d] %s %s",
-               (int)lua_tointeger(L, -2), v->allow ? "allow" : "deny",
-               lua_tostring(L, -1));
-    }
+    /* Results: allow, rule, rcode, index, target, quiet, source (see
+     * egress_entry in lua/sandgate/host.lua). */
+    int r = lua_gettop(L) - 6;
+    v->allow = lua_tointeger(L, r) == 1;
+    v->quiet = lua_toboolean(L, r + 5);
+    if (!v->allow && lua_isnumber(L, r + 2))
+      v->rcode = (int)lua_tointeger(L, r + 2);
+    if (q->want_rule)
+      describe_rule(L, r, v);
   }
   lua_settop(L, 1);
   return st;
@@ -466,32 +573,22 @@ sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
 
 int sg_vm_new_ingress(const sg_vm_opts_t *o, const char *cfg_json,
                       sg_vm_t **out, char *err, size_t errlen) {
-  char *owned_src = NULL;
-  const char *src = o->script_src;
-  size_t src_len = o->script_len;
-  if (!src) {
-    int rc = sg_file_read(o->script_path, &owned_src, &src_len, err, errlen);
-    if (rc)
-      return rc;
-    src = owned_src;
-  }
-  if (src_len > SCRIPT_MAX_BYTES) {
-    free(owned_src);
-    snprintf(err, errlen, "script %s is larger than %u bytes",
-             o->script_path ? o->script_path : "(uploaded)", SCRIPT_MAX_BYTES);
-    return -EFBIG;
-  }
+  char *owned_src;
+  const char *src;
+  size_t src_len;
+  int rc = script_source(o, &src, &src_len, &owned_src, err, errlen);
+  if (rc)
+    return rc;
   sg_vm_t *vm;
   uint32_t load_budget;
-  int rc = vm_open(o, &vm, &load_budget, err, errlen);
+  rc = vm_open(o, &vm, &load_budget, err, errlen);
   if (rc) {
     free(owned_src);
     return rc;
   }
   lua_State *L = vm->L;
   char chunkname[1024];
-  snprintf(chunkname, sizeof(chunkname), "@%s",
-           o->script_path ? o->script_path : "(uploaded script)");
+  chunk_name(o, chunkname, sizeof(chunkname));
   /* require("sandgate.ingress.host").ingress(src, name, cfg) -> entry, kept
    * at stack index 1. */
   lua_settop(L, 0);
@@ -539,6 +636,7 @@ static void route_fail(sg_proxy_route_t *out, const char *fmt, const char *a) {
 void sg_vm_route(sg_vm_t *vm, const sg_proxy_request_t *req,
                  sg_proxy_route_t *out) {
   lua_State *L = vm->L;
+  out->sandbox[0] = 0;
   lua_pushvalue(L, 1);
   lua_pushstring(L, req->method);
   lua_pushlstring(L, req->target, req->target_len);
@@ -553,7 +651,7 @@ void sg_vm_route(sg_vm_t *vm, const sg_proxy_request_t *req,
   vm->timed_out = 0;
   vm->deadline_ns = uv_hrtime() + (uint64_t)vm->call_budget_ms * 1000000u;
   vm->enforce = 1;
-  int rc = lua_pcall(L, 4, 7, 0);
+  int rc = lua_pcall(L, 4, 8, 0);
   vm->enforce = 0;
   vm->deadline_ns = 0;
   if (rc != 0) {
@@ -569,19 +667,20 @@ void sg_vm_route(sg_vm_t *vm, const sg_proxy_request_t *req,
     lua_settop(L, 1);
     return;
   }
-  /* Results at -7..-1: status, host|message, port, path, set, remove,
-   * keep_host. */
-  int status = (int)lua_tointeger(L, -7);
+  /* Results from r: status, host|message, port, path, set, remove,
+   * keep_host, sandbox (see lua/sandgate/ingress/host.lua). */
+  int r = lua_gettop(L) - 7;
+  int status = (int)lua_tointeger(L, r);
   if (status != 0) {
     out->status = status >= 400 && status <= 599 ? status : 500;
-    if (!copy_str(L, -6, out->message, sizeof(out->message)))
+    if (!copy_str(L, r + 1, out->message, sizeof(out->message)))
       snprintf(out->message, sizeof(out->message), "request refused");
     lua_settop(L, 1);
     return;
   }
-  int port = (int)lua_tointeger(L, -5);
-  if (!copy_str(L, -6, out->host, sizeof(out->host)) ||
-      !copy_str(L, -4, out->path, sizeof(out->path)) || port < 1 ||
+  int port = (int)lua_tointeger(L, r + 2);
+  if (!copy_str(L, r + 1, out->host, sizeof(out->host)) ||
+      !copy_str(L, r + 3, out->path, sizeof(out->path)) || port < 1 ||
       port > 65535) {
     route_fail(out, "%s",
                "routing script returned a route without a valid host, port "
@@ -590,30 +689,32 @@ void sg_vm_route(sg_vm_t *vm, const sg_proxy_request_t *req,
     return;
   }
   out->port = (uint16_t)port;
-  out->keep_host = lua_toboolean(L, -1);
+  out->keep_host = lua_toboolean(L, r + 6);
   out->nset = out->nremove = 0;
-  if (lua_istable(L, -3)) {
-    size_t n = lua_objlen(L, -3);
+  if (lua_istable(L, r + 4)) {
+    size_t n = lua_objlen(L, r + 4);
     for (size_t i = 1; i + 1 <= n && out->nset < SG_PROXY_MAX_SET_HEADERS;
          i += 2) {
-      lua_rawgeti(L, -3, (int)i);
-      lua_rawgeti(L, -4, (int)i + 1);
+      lua_rawgeti(L, r + 4, (int)i);
+      lua_rawgeti(L, r + 4, (int)i + 1);
       if (copy_str(L, -2, out->set_name[out->nset], 64) &&
           copy_str(L, -1, out->set_value[out->nset], 512))
         out->nset++;
       lua_pop(L, 2);
     }
   }
-  if (lua_istable(L, -2)) {
-    size_t n = lua_objlen(L, -2);
+  if (lua_istable(L, r + 5)) {
+    size_t n = lua_objlen(L, r + 5);
     for (size_t i = 1; i <= n && out->nremove < SG_PROXY_MAX_REMOVE_HEADERS;
          i++) {
-      lua_rawgeti(L, -2, (int)i);
+      lua_rawgeti(L, r + 5, (int)i);
       if (copy_str(L, -1, out->remove[out->nremove], 64))
         out->nremove++;
       lua_pop(L, 1);
     }
   }
+  if (lua_type(L, r + 7) == LUA_TSTRING)
+    copy_str(L, r + 7, out->sandbox, sizeof(out->sandbox));
   out->status = 0;
   lua_settop(L, 1);
 }

@@ -46,10 +46,27 @@ typedef enum {
   SG_VM_NOMEM,   /* the state hit its memory cap */
 } sg_vm_status_t;
 
-/* Builds an egress VM. On failure returns a negative errno-style code and a
- * message with file:line in err; *out is left untouched. */
+/* Builds an egress VM: the script's main chunk, load(doc), selftest() and,
+ * with want_statics, static_sets(). On failure returns a negative
+ * errno-style code and the errors in err, one per line, each naming the
+ * script file, the line when known and the stage ("policy.lua:12: in
+ * load(): ..."; see lua/sandgate/host.lua); *out is left untouched. This is
+ * the one loader: the server's start, reloads and API writes, and `sandgate
+ * check` and `sandgate test` all build VMs through it. */
 int sg_vm_new_egress(const sg_vm_opts_t *opts, sg_vm_t **out, char *err,
                      size_t errlen);
+
+typedef enum {
+  SG_VM_KIND_EGRESS = 1, /* the script has a decide hook */
+  SG_VM_KIND_INGRESS,    /* the script has a route hook */
+} sg_vm_kind_t;
+
+/* Tells which plane a script is written for by its hooks, running its main
+ * chunk in a throwaway VM with the same sandbox and limits. Returns 0, or
+ * -EINVAL with the reason in err: the script's own error (as a load gives
+ * it), or that it has both hooks or neither. */
+int sg_vm_script_kind(const sg_vm_opts_t *opts, sg_vm_kind_t *kind, char *err,
+                      size_t errlen);
 
 /* VMs are reference counted so that whoever started work on one finishes on
  * it after a reload swapped in another. sg_vm_unref(NULL) is a no-op. */
@@ -65,13 +82,27 @@ typedef struct {
   int want_rule;         /* fill verdict.rule (only needed for logging) */
 } sg_vm_query_t;
 
+/* Where a decision came from. */
+typedef enum {
+  SG_VM_SOURCE_POLICY = 0, /* the script (the user's policy) */
+  SG_VM_SOURCE_ALLOW_ALWAYS,
+  SG_VM_SOURCE_DENY_ALWAYS,
+} sg_vm_source_t;
+
 typedef struct {
   int allow;       /* 1 allow, 0 deny (also on every error: fail closed) */
   int quiet;       /* an allowed query the log should skip (log_skip) */
   int rcode;       /* for a deny: the answer's rcode (NXDOMAIN unless the
                       script asked for NOERROR/NODATA, REFUSED or SERVFAIL) */
-  char rule[320];  /* the rule reference the script gave, "" if none or
-                      not asked for (want_rule) */
+  char rule[320];  /* the rule reference the log shows ("egress[0] allow
+                      *.pypi.org", "default", "deny.always:3 x", a script's
+                      own), "" if none or not asked for (want_rule) */
+  /* With want_rule: where the decision came from and, when a rule of a
+   * list decided (the policy's rules or an always-list), its 0-based index
+   * in that list (-1 otherwise) and its target. */
+  sg_vm_source_t source;
+  int index;
+  char target[256];
   char error[512]; /* set when the status is not SG_VM_OK */
 } sg_vm_verdict_t;
 

@@ -44,7 +44,9 @@ end
 -- Builds the always-check for the host from the three texts (nil = no
 -- file). Returns nil when all lists are empty, so the per-query path costs
 -- nothing in the common case; otherwise a table with
---   check(name) -> nil | 1, ref (allow.always) | 0, ref (deny.always)
+--   check(name) -> nil | 1, ref, index, target (allow.always)
+--                      | 0, ref, index, target (deny.always)
+--     (index: the entry's 0-based position among its list's entries)
 --   quiet(name) -> true when an allowed query for name is not to be logged
 function M.build(files)
   files = files or {}
@@ -60,11 +62,11 @@ function M.build(files)
   local function check(name)
     if deny then
       local v = deny:match(name)
-      if v.action == "allow" then return 0, deny_refs[v.index + 1] end
+      if v.action == "allow" then return 0, deny_refs[v.index + 1], v.index, v.target end
     end
     if allow then
       local v = allow:match(name)
-      if v.action == "allow" then return 1, allow_refs[v.index + 1] end
+      if v.action == "allow" then return 1, allow_refs[v.index + 1], v.index, v.target end
     end
     return nil
   end

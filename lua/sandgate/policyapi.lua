@@ -560,6 +560,38 @@ function M.delete(cur_doc_text, body_text, enforcement)
   return 200, status_body(mode_of(pol), enforcement), encode_doc(pol)
 end
 
+-- GET /policy/explain --------------------------------------------------------
+
+local EXPLAIN_PARAMS = { name = true, qtype = true, client = true, transport = true }
+
+local function url_decode(s)
+  s = gsub(s, "+", " ")
+  return (gsub(s, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- api.explain_args(query): the parameters of GET /policy/explain from its
+-- raw query string (percent-decoded, '+' as a space as forms send it):
+-- name (required), qtype, client, transport (nil when absent; the C side
+-- checks their values and applies the defaults A, 127.0.0.1, udp). Returns
+-- name, qtype, client, transport, or nil and the 400 message.
+function M.explain_args(query)
+  local args = {}
+  for pair in string.gmatch(query or "", "[^&]+") do
+    local k, v = string.match(pair, "^([^=]*)=?(.*)$")
+    k = url_decode(k)
+    if not EXPLAIN_PARAMS[k] then
+      return nil, format("unknown parameter %s (GET /policy/explain?name=NAME"
+        .. "[&qtype=A][&client=IP][&transport=udp|tcp])", enc_string(k))
+    end
+    if args[k] ~= nil then return nil, format("parameter %s given twice", k) end
+    args[k] = url_decode(v)
+  end
+  if args.name == nil then
+    return nil, "missing name (GET /policy/explain?name=NAME[&qtype=A][&client=IP][&transport=udp|tcp])"
+  end
+  return args.name, args.qtype, args.client, args.transport
+end
+
 -- The entry point of the C side: one call per /policy request, by method.
 -- Returns status, body and the new document (nil when nothing changes), or
 -- nil for a method /policy does not serve.

@@ -797,6 +797,96 @@ static void test_mutated_valid_packets(void) {
   ASSERT(parsed > 1000);
 }
 
+/* A query built from a presentation name parses back to the name the
+ * policy would see for a real query. */
+static void test_build_query_roundtrip(void) {
+  static const struct {
+    const char *in, *want;
+  } cases[] = {
+      {"Files.PyPI.org.", "files.pypi.org"},
+      {"files.pypi.org", "files.pypi.org"},
+      {"", ""},
+      {".", ""},
+      {"a\\.b.example", "a\\046b.example"},
+      {"\\065\\066.example", "ab.example"},
+      {"x\\ y", "x\\032y"},
+      {"*.Wild", "*.wild"},
+  };
+  char err[256];
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    uint8_t pkt[512];
+    int n = sg_dns_build_query(cases[i].in, 28, 0x1234, pkt, sizeof(pkt), err,
+                               sizeof(err));
+    ASSERT(n > 0);
+    sg_dns_query_t q;
+    ASSERT_EQ(sg_dns_parse_query(pkt, (size_t)n, &q), SG_DNS_OK);
+    ASSERT_STREQ(q.name, cases[i].want);
+    ASSERT_EQ(q.qtype, 28);
+    ASSERT_EQ(q.id, 0x1234);
+    ASSERT_EQ(q.flags, SG_DNS_FLAG_RD);
+  }
+}
+
+static void test_build_query_errors(void) {
+  char err[256];
+  uint8_t pkt[600];
+  char label64[80], long_name[300];
+  memset(label64, 'a', 64);
+  label64[64] = 0;
+  /* 63-octet labels: four of them make 257 octets on the wire. */
+  long_name[0] = 0;
+  for (int i = 0; i < 4; i++) {
+    size_t n = strlen(long_name);
+    memset(long_name + n, 'b', 63);
+    long_name[n + 63] = i < 3 ? '.' : 0;
+    long_name[n + 64] = 0;
+  }
+  ASSERT(sg_dns_build_query("a..b", 1, 0, pkt, sizeof(pkt), err, sizeof(err)) <
+         0);
+  ASSERT(strstr(err, "empty label") != NULL);
+  ASSERT(sg_dns_build_query(".a", 1, 0, pkt, sizeof(pkt), err, sizeof(err)) <
+         0);
+  ASSERT(sg_dns_build_query(label64, 1, 0, pkt, sizeof(pkt), err, sizeof(err)) <
+         0);
+  ASSERT(strstr(err, "label longer than 63") != NULL);
+  ASSERT(sg_dns_build_query(long_name, 1, 0, pkt, sizeof(pkt), err,
+                            sizeof(err)) < 0);
+  ASSERT(strstr(err, "longer than 255") != NULL);
+  ASSERT(sg_dns_build_query("a\\256", 1, 0, pkt, sizeof(pkt), err,
+                            sizeof(err)) < 0);
+  ASSERT(strstr(err, "backslash") != NULL);
+  ASSERT(sg_dns_build_query("a\\", 1, 0, pkt, sizeof(pkt), err, sizeof(err)) <
+         0);
+  ASSERT(sg_dns_build_query("a\\12", 1, 0, pkt, sizeof(pkt), err, sizeof(err)) <
+         0);
+  ASSERT(sg_dns_build_query("example.com", 1, 0, pkt, 20, err, sizeof(err)) <
+         0);
+}
+
+static void test_type_parse(void) {
+  uint16_t t = 0;
+  ASSERT_EQ(sg_dns_type_parse("AAAA", &t), 0);
+  ASSERT_EQ(t, 28);
+  ASSERT_EQ(sg_dns_type_parse("https", &t), 0);
+  ASSERT_EQ(t, 65);
+  ASSERT_EQ(sg_dns_type_parse("TYPE65535", &t), 0);
+  ASSERT_EQ(t, 65535);
+  ASSERT_EQ(sg_dns_type_parse("type0", &t), 0);
+  ASSERT_EQ(t, 0);
+  ASSERT(sg_dns_type_parse("TYPE65536", &t) < 0);
+  ASSERT(sg_dns_type_parse("TYPE", &t) < 0);
+  ASSERT(sg_dns_type_parse("TYPE01", &t) < 0);
+  ASSERT(sg_dns_type_parse("TYPE1x", &t) < 0);
+  ASSERT(sg_dns_type_parse("FOO", &t) < 0);
+  ASSERT(sg_dns_type_parse("", &t) < 0);
+  /* Every name the formatter writes parses back to its number. */
+  for (unsigned v = 0; v < 300; v++) {
+    char buf[16];
+    ASSERT_EQ(sg_dns_type_parse(sg_dns_type_name((uint16_t)v, buf), &t), 0);
+    ASSERT_EQ(t, v);
+  }
+}
+
 static const sg_test_case_t cases[] = {
     {"parse_normal", test_parse_normal},
     {"parse_root", test_parse_root},
@@ -831,6 +921,9 @@ static const sg_test_case_t cases[] = {
     {"addrs_question_errors", test_addrs_question_errors},
     {"rcode_and_set_id", test_rcode_and_set_id},
     {"type_name", test_type_name},
+    {"type_parse", test_type_parse},
+    {"build_query_roundtrip", test_build_query_roundtrip},
+    {"build_query_errors", test_build_query_errors},
     {"status_str", test_status_str},
     {"random_garbage", test_random_garbage},
     {"mutated_valid_packets", test_mutated_valid_packets},

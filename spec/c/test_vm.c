@@ -309,6 +309,175 @@ static void missing_decide_is_refused(void) {
   ASSERT(strstr(err, "must return a table of hooks") != NULL);
 }
 
+/* Builds with the always-lists and static_sets() (dns+nft, and check). */
+static int build_full(const char *path, const char *policy, const char *deny,
+                      const char *allow, sg_vm_t **vm, char *err,
+                      size_t errlen) {
+  sg_vm_opts_t o = {
+      .data_dir = SG_DATA_DIR,
+      .script_path = path,
+      .policy_json = policy,
+      .policy_len = policy ? strlen(policy) : 0,
+      .always_text = {deny, allow, NULL},
+      .mem_limit = 16u << 20,
+      .call_budget_ms = 50,
+      .load_budget_ms = 300,
+      .want_statics = 1,
+  };
+  return sg_vm_new_egress(&o, vm, err, errlen);
+}
+
+/* Every load error names the file, the line and the stage it came from. */
+static void load_errors_name_the_stage(void) {
+  char err[2048];
+  sg_vm_t *vm = NULL;
+  const char *p = write_script("stage.lua", "local M = {}\n"
+                                            "error('at the top')\n"
+                                            "return M\n");
+  ASSERT(build(p, NULL, &vm, err, sizeof(err)) < 0);
+  ASSERT(strstr(err, "stage.lua:2: in main chunk: ") != NULL);
+  ASSERT(strstr(err, "at the top") != NULL);
+  p = write_script("stage.lua", "local M = {}\n"
+                                "function M.decide() return 'allow' end\n"
+                                "function M.load(doc)\n"
+                                "  return doc.nothing.here\n"
+                                "end\n"
+                                "return M\n");
+  ASSERT(build(p, NULL, &vm, err, sizeof(err)) < 0);
+  ASSERT(strstr(err, "stage.lua:4: in load(): attempt to index") != NULL);
+  /* Raised by a shipped module, without a position: the script's line that
+   * called it is found on the stack. */
+  p = write_script("stage.lua",
+                   "local rules = require 'sandgate.rules'\n"
+                   "local M = {}\n"
+                   "function M.decide() return 'allow' end\n"
+                   "function M.selftest()\n"
+                   "  rules.compile({ egress = { { target = 'a b' } } })\n"
+                   "end\n"
+                   "return M\n");
+  ASSERT(build(p, NULL, &vm, err, sizeof(err)) < 0);
+  ASSERT(strstr(err, "stage.lua:5: in selftest(): invalid policy: ") != NULL);
+  p = write_script("stage.lua",
+                   "local M = {}\n"
+                   "function M.decide() return 'allow' end\n"
+                   "function M.static_sets() error('no sets') end\n"
+                   "return M\n");
+  ASSERT(build_full(p, NULL, NULL, NULL, &vm, err, sizeof(err)) < 0);
+  ASSERT(strstr(err, "stage.lua:3: in static_sets(): ") != NULL);
+}
+
+/* Independent failures (selftest and static_sets) are all reported, one
+ * per line; so are all the bad hooks. */
+static void load_reports_every_error(void) {
+  char err[2048];
+  sg_vm_t *vm = NULL;
+  const char *p =
+      write_script("two.lua", "local M = {}\n"
+                              "function M.decide() return 'allow' end\n"
+                              "function M.selftest() error('self') end\n"
+                              "function M.static_sets() error('sets') end\n"
+                              "return M\n");
+  ASSERT(build_full(p, NULL, NULL, NULL, &vm, err, sizeof(err)) < 0);
+  const char *second = strchr(err, '\n');
+  ASSERT(strstr(err, "two.lua:3: in selftest(): self\n") != NULL);
+  ASSERT(second && strstr(second, "two.lua:4: in static_sets(): sets"));
+  p = write_script("hooks.lua", "return { decide = 1, load = 'x' }\n");
+  ASSERT(build(p, NULL, &vm, err, sizeof(err)) < 0);
+  ASSERT(strstr(err, "hook \"decide\" must be a function, got number\n") !=
+         NULL);
+  ASSERT(strstr(err, "hook \"load\" must be a function, got string") != NULL);
+}
+
+/* Running out of time or memory while loading names the stage; the time
+ * budget also names the line where the script was cut off. */
+static void load_limits_name_the_stage(void) {
+  char err[2048];
+  sg_vm_t *vm = NULL;
+  const char *p = write_script("slow.lua", "local M = {}\n"
+                                           "function M.decide() end\n"
+                                           "function M.load()\n"
+                                           "  while true do end\n"
+                                           "end\n"
+                                           "return M\n");
+  ASSERT(build(p, NULL, &vm, err, sizeof(err)) < 0);
+  ASSERT(strstr(err, "slow.lua:4: in load(): script exceeded its time "
+                     "budget of 500 ms") != NULL);
+  p = write_script("fat.lua", "local M = {}\n"
+                              "function M.decide() end\n"
+                              "function M.load()\n"
+                              "  local t = {}\n"
+                              "  for i = 1, 1e9 do t[i] = ('x'):rep(64) .. i "
+                              "end\n"
+                              "end\n"
+                              "return M\n");
+  ASSERT(build_with_budget(p, NULL, 50, &vm, err, sizeof(err)) < 0);
+  ASSERT(strstr(err, "fat.lua: in load(): script exceeded its memory limit "
+                     "of 16 MiB") != NULL ||
+         strstr(err, "time budget") != NULL);
+}
+
+static void script_kind_from_hooks(void) {
+  char err[512];
+  sg_vm_kind_t kind = 0;
+  sg_vm_opts_t o = {.data_dir = SG_DATA_DIR, .load_budget_ms = 500};
+  o.script_path = SG_DATA_DIR "/policies/egress/default.lua";
+  ASSERT_EQ(sg_vm_script_kind(&o, &kind, err, sizeof(err)), 0);
+  ASSERT_EQ(kind, SG_VM_KIND_EGRESS);
+  o.script_path = SG_DATA_DIR "/policies/ingress/uri.lua";
+  ASSERT_EQ(sg_vm_script_kind(&o, &kind, err, sizeof(err)), 0);
+  ASSERT_EQ(kind, SG_VM_KIND_INGRESS);
+  o.script_path = write_script("both.lua", "return { decide = function() end,"
+                                           " route = function() end }\n");
+  ASSERT(sg_vm_script_kind(&o, &kind, err, sizeof(err)) < 0);
+  ASSERT(strstr(err, "has both") != NULL);
+  o.script_path = write_script("none.lua", "return {}\n");
+  ASSERT(sg_vm_script_kind(&o, &kind, err, sizeof(err)) < 0);
+  ASSERT(strstr(err, "has neither") != NULL);
+  o.script_path = write_script("spin.lua", "while true do end\n");
+  ASSERT(sg_vm_script_kind(&o, &kind, err, sizeof(err)) < 0);
+  ASSERT(strstr(err, "spin.lua:1: in main chunk: script exceeded its time "
+                     "budget") != NULL);
+}
+
+/* The verdict says where a decision came from, and which entry of which
+ * list made it. */
+static void verdict_source(void) {
+  char err[512];
+  sg_vm_t *vm = NULL;
+  const char *doc = "{\"defaultAction\":\"deny\",\"egress\":["
+                    "{\"action\":\"allow\",\"target\":\"*.example.com\"},"
+                    "{\"action\":\"deny\",\"target\":\"x.example.org\"}]}";
+  int rc = build_full(SG_DATA_DIR "/policies/egress/default.lua", doc,
+                      "# operators\nbad.example.com\n", "\nok.example.net\n",
+                      &vm, err, sizeof(err));
+  if (rc)
+    fprintf(stderr, "  %s\n", err);
+  ASSERT_EQ(rc, 0);
+  sg_vm_verdict_t v;
+  ASSERT_EQ(ask(vm, "a.example.com", &v), SG_VM_OK);
+  ASSERT_EQ(v.source, SG_VM_SOURCE_POLICY);
+  ASSERT_EQ(v.index, 0);
+  ASSERT_STREQ(v.target, "*.example.com");
+  ASSERT_STREQ(v.rule, "egress[0] allow *.example.com");
+  ASSERT_EQ(ask(vm, "bad.example.com", &v), SG_VM_OK);
+  ASSERT_EQ(v.allow, 0);
+  ASSERT_EQ(v.source, SG_VM_SOURCE_DENY_ALWAYS);
+  ASSERT_EQ(v.index, 0);
+  ASSERT_STREQ(v.rule, "deny.always:2 bad.example.com");
+  ASSERT_EQ(ask(vm, "ok.example.net", &v), SG_VM_OK);
+  ASSERT_EQ(v.allow, 1);
+  ASSERT_EQ(v.source, SG_VM_SOURCE_ALLOW_ALWAYS);
+  ASSERT_STREQ(v.rule, "allow.always:2 ok.example.net");
+  ASSERT_EQ(ask(vm, "x.example.org", &v), SG_VM_OK);
+  ASSERT_EQ(v.index, 1);
+  ASSERT_STREQ(v.rule, "egress[1] deny x.example.org");
+  ASSERT_EQ(ask(vm, "elsewhere.test", &v), SG_VM_OK);
+  ASSERT_EQ(v.source, SG_VM_SOURCE_POLICY);
+  ASSERT_EQ(v.index, -1);
+  ASSERT_STREQ(v.rule, "default");
+  sg_vm_unref(vm);
+}
+
 static const sg_test_case_t cases[] = {
     {"shipped_policy_decides", shipped_policy_decides},
     {"invalid_policy_names_the_problem", invalid_policy_names_the_problem},
@@ -321,6 +490,11 @@ static const sg_test_case_t cases[] = {
     {"sandbox_blocks_escapes", sandbox_blocks_escapes},
     {"verdict_forms", verdict_forms},
     {"missing_decide_is_refused", missing_decide_is_refused},
+    {"load_errors_name_the_stage", load_errors_name_the_stage},
+    {"load_reports_every_error", load_reports_every_error},
+    {"load_limits_name_the_stage", load_limits_name_the_stage},
+    {"script_kind_from_hooks", script_kind_from_hooks},
+    {"verdict_source", verdict_source},
     {NULL, NULL},
 };
 

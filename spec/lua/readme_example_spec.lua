@@ -1,11 +1,38 @@
 -- The custom policy in README.md is real code: this spec extracts the first
--- ```lua block of the README and checks that it behaves as the text says.
-local function readme_policy()
+-- ```lua block of the README and checks that it behaves as the text says,
+-- and runs the walkthrough's spec (the second ```lua block, which uses
+-- sandgate.testing) against it, as a user would.
+local function readme()
   local f = assert(io.open("README.md", "r"))
   local text = f:read("*a")
   f:close()
-  local src = assert(text:match("```lua\n(.-)```"), "no lua block in README.md")
-  return assert(loadstring(src, "@README.md"))()
+  local blocks = {}
+  for src in text:gmatch("```lua\n(.-)```") do blocks[#blocks + 1] = src end
+  assert(#blocks >= 2, "README.md should have the policy and its spec as ```lua blocks")
+  return blocks
+end
+
+local function readme_policy()
+  return assert(loadstring(readme()[1], "@README.md"))()
+end
+
+-- The walkthrough's spec names the policy by its deployed path; here it is
+-- the first block, written to a file.
+do
+  local blocks = readme()
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(blocks[1])
+  f:close()
+  local spec = blocks[2]:gsub('"/etc/sandgate/policy%.lua"', string.format("%q", path))
+  assert(spec ~= blocks[2], "the README spec should load /etc/sandgate/policy.lua")
+  -- It runs in this file's environment, where busted's describe and it are.
+  local chunk = assert(loadstring(spec, "@README.md (spec)"))
+  setfenv(chunk, getfenv(1))
+  describe("README walkthrough", function()
+    chunk()
+    teardown(function() os.remove(path) end)
+  end)
 end
 
 describe("README custom policy", function()

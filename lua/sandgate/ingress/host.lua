@@ -321,22 +321,24 @@ end
 -- Loads a routing script with its config and returns the entry point (see
 -- above) and the script's hooks. Raises (with file:line where the script is
 -- at fault) on any failure; the caller keeps the previous VM.
+local INGRESS_HOOKS = { "route", "load", "selftest" }
+local INGRESS_REQUIRED = { route = true }
+
 function M.ingress(src, chunkname, cfg_json)
   local cfg = M.decode_config(cfg_json)
   local ctx = M.context(cfg)
   local hooks = host.load_script(src, chunkname)
-  local route_hook = host.check_hook(hooks, "route", true, chunkname)
-  local load_hook = host.check_hook(hooks, "load", false, chunkname)
-  local selftest = host.check_hook(hooks, "selftest", false, chunkname)
-  if load_hook then
-    local ok, err = pcall(load_hook, ctx)
-    if not ok then error(tostring(err), 0) end
+  host.check_hooks(hooks, chunkname, INGRESS_HOOKS, INGRESS_REQUIRED)
+  -- Errors name the script, the line and the hook (see sandgate.host).
+  if hooks.load then
+    local ok, err = host.run_stage(chunkname, "load", hooks.load, ctx)
+    if not ok then error(err, 0) end
   end
-  if selftest then
-    local ok, err = pcall(selftest)
-    if not ok then error("selftest failed: " .. tostring(err), 0) end
+  if hooks.selftest then
+    local ok, err = host.run_stage(chunkname, "selftest", hooks.selftest)
+    if not ok then error(err, 0) end
   end
-  return ingress_entry(route_hook), hooks
+  return ingress_entry(hooks.route), hooks
 end
 
 return M

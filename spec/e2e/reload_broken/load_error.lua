@@ -1,4 +1,4 @@
--- expect: egress.lua:3: broken at load time
+-- expect: egress.lua:3: in main chunk: broken at load time
 local M = {}
 error("broken at load time")
 return M

@@ -91,10 +91,13 @@ describe("sandgate.ingress.host", function()
       assert.equals(5, seen.now)
       assert.same({ x = 1 }, seen.config.extra)
 
-      assert.matches("^test.lua:1: no good$",
+      assert.matches("^test.lua:1: in load%(%): no good$",
         load_error('return { route = function() end, load = function() error("no good") end }'))
-      assert.matches("^selftest failed: test.lua:1: broken$",
+      assert.matches("^test.lua:1: in selftest%(%): broken$",
         load_error('return { route = function() end, selftest = function() error("broken") end }'))
+      -- An error raised without a position still gets the script's line.
+      assert.equals("test.lua:2: in load(): positionless",
+        load_error('return { route = function() end,\nload = function() error("positionless", 0) end }'))
     end)
   end)
 
