@@ -93,7 +93,9 @@ RUNPID=$!
 wait_until 10 grep -q "policy API" "$TMP/api.err"
 NS2=$(run_ns "$TMP/api.err")
 SBIP=$(grep -o 'sandbox sgrun-[0-9]*: [0-9.]*' "$TMP/api.err" | awk '{print $3}')
-wait_until 5 in_sb curl -s -o /dev/null "http://$SBIP:44772/proxy/8000/"
+# Until CMD's server listens, the port proxy answers 502.
+published() { [ "$(in_sb curl -s -o /dev/null -w '%{http_code}' "http://$SBIP:44772/proxy/8000/")" == 200 ]; }
+wait_until 10 published
 check_eq "--publish: the host reaches CMD's port through the port proxy" 200 \
   "$(in_sb curl -s -o /dev/null -w '%{http_code}' "http://$SBIP:44772/proxy/8000/")"
 check_eq "the sandbox side of the API wants the token (the run keeps it)" 401 \
