@@ -172,6 +172,12 @@ for _ in $(seq 100); do
     in_host curl -s -o /dev/null http://127.0.0.1:28890/status.ok && break
   sleep 0.05
 done
+# The sandbox's server may still be starting (the gateway says 502 until then).
+for _ in $(seq 100); do
+  [ "$(in_host curl -s -o /dev/null -w '%{http_code}' -H 'OpenSandbox-Ingress-To: sbx-demo-8000' \
+    http://127.0.0.1:28888/inside.txt)" == 200 ] && break
+  sleep 0.05
+done
 say "header mode: curl -H 'OpenSandbox-Ingress-To: sbx-demo-8000' http://127.0.0.1:28888/inside.txt"
 say "   -> (header mode) $(in_host curl -s -H 'OpenSandbox-Ingress-To: sbx-demo-8000' http://127.0.0.1:28888/inside.txt)"
 say "URI mode:    curl http://127.0.0.1:28890/sbx-demo/8000/inside.txt"
