@@ -78,6 +78,7 @@ struct sg_dynset {
   struct mnl_socket *nl;
   uv_poll_t poll;
   uv_check_t check;
+  uv_idle_t idle; /* active while a batch is open: poll must not block */
   uv_timer_t timeout, sweep;
   int handles;
   int closing;
@@ -390,10 +391,13 @@ static int build(sg_dynset_t *d, batch_t *b) {
   return 0;
 }
 
+static void on_idle(uv_idle_t *h) { (void)h; }
+
 /* End of a loop iteration: send what the iteration's answers collected. */
 static void on_check(uv_check_t *c) {
   sg_dynset_t *d = c->data;
   uv_check_stop(c);
+  uv_idle_stop(&d->idle);
   batch_t *b = d->open;
   d->open = NULL;
   if (!b)
@@ -473,9 +477,13 @@ int sg_dynset_allow(sg_dynset_t *d, const sg_dynset_addr_t *addrs, size_t n,
   for (size_t i = 0; i < n && rc == 0; i++) {
     const sg_dynset_addr_t *a = &addrs[i];
     uint32_t want = (uint32_t)timeout_ms_for(d, a->ttl);
-    /* What the app may do with this answer: use it for its TTL. */
-    uint64_t need =
-        (uint64_t)a->ttl * 1000 < want ? (uint64_t)a->ttl * 1000 : want;
+    /* What the app may do with this answer: use it for its TTL (as far as
+     * the clamp lets any element live), give or take the grace, so that an
+     * answer whose TTL exceeds the maximum does not refresh every time. */
+    uint64_t ttl_ms = (uint64_t)a->ttl * 1000;
+    uint64_t grace_ms = (uint64_t)d->o.grace_s * 1000;
+    uint64_t need = ttl_ms < want ? ttl_ms : want;
+    need = need > grace_ms ? need - grace_ms : 0;
     entry_t *e = find(d, a->family, a->addr);
     if (e && e->pending) {
       d->stats.joined++;
@@ -534,6 +542,7 @@ int sg_dynset_allow(sg_dynset_t *d, const sg_dynset_addr_t *addrs, size_t n,
     o->items[o->nentries++] = (item_t){e, want};
     e->pending = o;
     uv_check_start(&d->check, on_check);
+    uv_idle_start(&d->idle, on_idle);
   }
   if (j->waiting == 0) {
     free(j);
@@ -594,10 +603,12 @@ int sg_dynset_new(uv_loop_t *loop, const sg_dynset_opts_t *opts,
     (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
   uv_poll_init(loop, &d->poll, fd);
   uv_check_init(loop, &d->check);
+  uv_idle_init(loop, &d->idle);
   uv_timer_init(loop, &d->timeout);
   uv_timer_init(loop, &d->sweep);
   d->poll.data = d->check.data = d->timeout.data = d->sweep.data = d;
-  d->handles = 4;
+  d->idle.data = d;
+  d->handles = 5;
   uv_poll_start(&d->poll, UV_READABLE, on_readable);
   uv_timer_start(&d->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
   uv_unref((uv_handle_t *)&d->sweep);
@@ -639,6 +650,7 @@ void sg_dynset_close(sg_dynset_t *d) {
   }
   uv_close((uv_handle_t *)&d->poll, on_closed);
   uv_close((uv_handle_t *)&d->check, on_closed);
+  uv_close((uv_handle_t *)&d->idle, on_closed);
   uv_close((uv_handle_t *)&d->timeout, on_closed);
   uv_close((uv_handle_t *)&d->sweep, on_closed);
 }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "nft/dynset.h"
@@ -303,9 +304,15 @@ static void dynset_adds_before_callback(void) {
   ASSERT_EQ(capture("nft list table inet sandgate"), 0);
   ASSERT(strstr(listing, "203.0.113.7 timeout 1m30s"));
   ASSERT(strstr(listing, "2001:db8::7 timeout 6m"));
-  /* Known and fresh: nothing to send, no callback. */
+  /* Known and fresh: nothing to send, no callback; also a moment later for
+   * an answer whose TTL is beyond the clamp's maximum (it cannot be given
+   * more than the maximum, so it must not be re-sent every time). */
   ASSERT_EQ(sg_dynset_allow(d, a, 2, on_done, &r3), 0);
   ASSERT_EQ(s->fresh, 2);
+  usleep(20000);
+  uv_update_time(&loop);
+  ASSERT_EQ(sg_dynset_allow(d, a, 2, on_done, &r3), 0);
+  ASSERT_EQ(s->fresh, 4);
   sg_dynset_close(d);
   uv_run(&loop, UV_RUN_DEFAULT);
   ASSERT_EQ(r3.calls, 0);
