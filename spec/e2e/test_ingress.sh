@@ -11,6 +11,10 @@
 #
 # usage: test_ingress.sh path/to/sandgate
 source "$(dirname "$0")/lib.sh" "$@"
+# A sanitizer build holds freed memory in quarantine: its RSS says nothing
+# about the gateway's buffering.
+ASAN_BUILD=0
+ldd "$BIN" 2>/dev/null | grep -q libasan && ASAN_BUILD=1
 
 BK=$E2E_DIR/ingress_backend.py
 ROUTES=$TMP/routes.json
@@ -406,9 +410,17 @@ check_eq "100 MiB download to a client that reads only after 2 s arrives intact"
 out=$(curl -sS -m 60 "http://127.0.0.1:$GWU/sbxa/$PB/__download?n=$BIG&chunked=1" 2>&1 | sha256sum | awk '{print $1}')
 check_eq "100 MiB download (chunked) via uri mode arrives intact" "$PATSHA" "$out"
 HWM=$(hwm "$GWH_PID")
-check "header gateway peak RSS stays under 64 MiB after 400 MiB through it (VmHWM $HWM0 -> $HWM MiB)" test "$HWM" -lt 64
+if [ "$ASAN_BUILD" == 1 ]; then
+  echo "# skipped: header gateway peak RSS stays under 64 MiB after 400 MiB through it: not measured on the sanitizer build (its allocator keeps freed memory in quarantine)"
+else
+  check "header gateway peak RSS stays under 64 MiB after 400 MiB through it (VmHWM $HWM0 -> $HWM MiB)" test "$HWM" -lt 64
+fi
 HWMU=$(hwm "$GWU_PID")
-check "uri gateway peak RSS stays under 64 MiB (VmHWM $HWMU MiB)" test "$HWMU" -lt 64
+if [ "$ASAN_BUILD" == 1 ]; then
+  echo "# skipped: uri gateway peak RSS stays under 64 MiB: not measured on the sanitizer build (its allocator keeps freed memory in quarantine)"
+else
+  check "uri gateway peak RSS stays under 64 MiB (VmHWM $HWMU MiB)" test "$HWMU" -lt 64
+fi
 rm -f "$TMP/big.bin"
 
 # ---- slowloris --------------------------------------------------------------------------------
