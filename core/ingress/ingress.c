@@ -696,7 +696,7 @@ static int worker_init(ingress_t *g, int i, char *err, size_t errlen) {
       .idle_timeout_ms = g->cfg.idle_ms,
       .keepalive_ms = 60000,
       .pool_idle_ms = 30000,
-      .pool_max_per_backend = 32,
+      .pool_max_per_backend = 256,
   };
   return sg_proxy_start(&w->loop, &po, &w->proxy, err, errlen);
 }

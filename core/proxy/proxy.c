@@ -512,15 +512,45 @@ static bool send_bytes(uv_stream_t *s, uv_write_cb cb, const char *a,
                        size_t zn) {
   if (uv_is_closing((uv_handle_t *)s))
     return false;
-  wreq_t *w = malloc(sizeof(*w) + an + bn + zn);
+  size_t total = an + bn + zn;
+  /* With nothing queued, write at once and copy nothing: the common case
+   * (a response that fits the socket buffer) then costs one writev and no
+   * write request, whose completion would make libuv re-arm the socket
+   * in epoll. Only what the socket did not take is queued. */
+  size_t done = 0;
+  if (uv_stream_get_write_queue_size(s) == 0) {
+    uv_buf_t bufs[3];
+    unsigned n = 0;
+    if (an)
+      bufs[n++] = uv_buf_init((char *)a, (unsigned)an);
+    if (bn)
+      bufs[n++] = uv_buf_init((char *)b, (unsigned)bn);
+    if (zn)
+      bufs[n++] = uv_buf_init((char *)z, (unsigned)zn);
+    int rc = n ? uv_try_write(s, bufs, n) : 0;
+    if (rc < 0 && rc != UV_EAGAIN)
+      return false;
+    done = rc > 0 ? (size_t)rc : 0;
+    if (done == total)
+      return true;
+  }
+  wreq_t *w = malloc(sizeof(*w) + total - done);
   if (!w)
     return false;
-  memcpy(w->data, a, an);
-  if (bn)
-    memcpy(w->data + an, b, bn);
-  if (zn)
-    memcpy(w->data + an + bn, z, zn);
-  uv_buf_t buf = uv_buf_init(w->data, (unsigned)(an + bn + zn));
+  /* The rest, from `done` on, across the three pieces. */
+  size_t off = 0;
+  const char *piece[3] = {a, b, z};
+  size_t len[3] = {an, bn, zn};
+  for (int i = 0; i < 3; i++) {
+    if (done >= len[i]) {
+      done -= len[i];
+      continue;
+    }
+    memcpy(w->data + off, piece[i] + done, len[i] - done);
+    off += len[i] - done;
+    done = 0;
+  }
+  uv_buf_t buf = uv_buf_init(w->data, (unsigned)off);
   if (uv_write(&w->req, s, &buf, 1, cb)) {
     free(w);
     return false;
