@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "egress/egress.h"
+#include "util/env.h"
 #include "util/file.h"
 #include "util/log.h"
 #include "util/sockaddr.h"
@@ -189,11 +190,6 @@ typedef struct {
   char listen_flags[1024];
 } raw_t;
 
-static const char *env(const char *name) {
-  const char *v = getenv(name);
-  return v && *v ? v : NULL;
-}
-
 static int truthy(const char *v) {
   return v && (strcmp(v, "1") == 0 || strcasecmp(v, "true") == 0 ||
                strcasecmp(v, "yes") == 0 || strcasecmp(v, "on") == 0);
@@ -201,37 +197,37 @@ static int truthy(const char *v) {
 
 static int collect(raw_t *r, int argc, char **argv, char *err, size_t errlen) {
   memset(r, 0, sizeof(*r));
-  r->upstream = env("OPENSANDBOX_EGRESS_DNS_UPSTREAM");
-  r->upstream_timeout = env("OPENSANDBOX_EGRESS_DNS_UPSTREAM_TIMEOUT");
-  r->policy_file = env("OPENSANDBOX_EGRESS_POLICY_FILE");
-  r->rules = env("OPENSANDBOX_EGRESS_RULES");
-  r->script = env("SANDGATE_EGRESS_SCRIPT");
-  r->listen = env("SANDGATE_EGRESS_LISTEN");
-  r->no_intercept = env("SANDGATE_EGRESS_NO_INTERCEPT");
-  r->on_exit = env("SANDGATE_EGRESS_ON_EXIT");
-  r->log_queries = env("SANDGATE_LOG_QUERIES");
-  r->log_level = env("SANDGATE_LOG_LEVEL");
-  r->tcp_idle = env("SANDGATE_DNS_TCP_IDLE_TIMEOUT");
-  r->tcp_max = env("SANDGATE_DNS_TCP_MAX_CLIENTS");
-  r->script_mem = env("SANDGATE_SCRIPT_MEMORY_MB");
-  r->script_timeout = env("SANDGATE_SCRIPT_TIMEOUT_MS");
-  r->http_addr = env("OPENSANDBOX_EGRESS_HTTP_ADDR");
-  r->token = env("OPENSANDBOX_EGRESS_TOKEN");
-  r->token_file = env("OPENSANDBOX_EGRESS_TOKEN_FILE");
-  r->max_rules = env("OPENSANDBOX_EGRESS_MAX_RULES");
-  r->mode = env("OPENSANDBOX_EGRESS_MODE");
-  r->rules_dir = env("SANDGATE_RULES_DIR");
-  r->deny_webhook = env("OPENSANDBOX_EGRESS_DENY_WEBHOOK");
-  r->sandbox_id = env("OPENSANDBOX_EGRESS_SANDBOX_ID");
-  r->block = env("SANDGATE_EGRESS_BLOCK");
-  r->block_doh = env("OPENSANDBOX_EGRESS_BLOCK_DOH_443");
-  r->doh_list = env("OPENSANDBOX_EGRESS_DOH_BLOCKLIST");
-  r->exempt = env("OPENSANDBOX_EGRESS_NAMESERVER_EXEMPT");
-  r->exempt_uid = env("SANDGATE_EGRESS_EXEMPT_UID");
-  r->dyn_grace = env("SANDGATE_EGRESS_DYN_GRACE");
-  r->dyn_min = env("SANDGATE_EGRESS_DYN_MIN");
-  r->dyn_max = env("SANDGATE_EGRESS_DYN_MAX");
-  r->nft_timeout = env("SANDGATE_EGRESS_NFT_TIMEOUT_MS");
+  r->upstream = sg_env("OPENSANDBOX_EGRESS_DNS_UPSTREAM");
+  r->upstream_timeout = sg_env("OPENSANDBOX_EGRESS_DNS_UPSTREAM_TIMEOUT");
+  r->policy_file = sg_env("OPENSANDBOX_EGRESS_POLICY_FILE");
+  r->rules = sg_env("OPENSANDBOX_EGRESS_RULES");
+  r->script = sg_env("SANDGATE_EGRESS_SCRIPT");
+  r->listen = sg_env("SANDGATE_EGRESS_LISTEN");
+  r->no_intercept = sg_env("SANDGATE_EGRESS_NO_INTERCEPT");
+  r->on_exit = sg_env("SANDGATE_EGRESS_ON_EXIT");
+  r->log_queries = sg_env("SANDGATE_LOG_QUERIES");
+  r->log_level = sg_env("SANDGATE_LOG_LEVEL");
+  r->tcp_idle = sg_env("SANDGATE_DNS_TCP_IDLE_TIMEOUT");
+  r->tcp_max = sg_env("SANDGATE_DNS_TCP_MAX_CLIENTS");
+  r->script_mem = sg_env("SANDGATE_SCRIPT_MEMORY_MB");
+  r->script_timeout = sg_env("SANDGATE_SCRIPT_TIMEOUT_MS");
+  r->http_addr = sg_env("OPENSANDBOX_EGRESS_HTTP_ADDR");
+  r->token = sg_env("OPENSANDBOX_EGRESS_TOKEN");
+  r->token_file = sg_env("OPENSANDBOX_EGRESS_TOKEN_FILE");
+  r->max_rules = sg_env("OPENSANDBOX_EGRESS_MAX_RULES");
+  r->mode = sg_env("OPENSANDBOX_EGRESS_MODE");
+  r->rules_dir = sg_env("SANDGATE_RULES_DIR");
+  r->deny_webhook = sg_env("OPENSANDBOX_EGRESS_DENY_WEBHOOK");
+  r->sandbox_id = sg_env("OPENSANDBOX_EGRESS_SANDBOX_ID");
+  r->block = sg_env("SANDGATE_EGRESS_BLOCK");
+  r->block_doh = sg_env("OPENSANDBOX_EGRESS_BLOCK_DOH_443");
+  r->doh_list = sg_env("OPENSANDBOX_EGRESS_DOH_BLOCKLIST");
+  r->exempt = sg_env("OPENSANDBOX_EGRESS_NAMESERVER_EXEMPT");
+  r->exempt_uid = sg_env("SANDGATE_EGRESS_EXEMPT_UID");
+  r->dyn_grace = sg_env("SANDGATE_EGRESS_DYN_GRACE");
+  r->dyn_min = sg_env("SANDGATE_EGRESS_DYN_MIN");
+  r->dyn_max = sg_env("SANDGATE_EGRESS_DYN_MAX");
+  r->nft_timeout = sg_env("SANDGATE_EGRESS_NFT_TIMEOUT_MS");
 
   optind = 1;
   opterr = 0;
@@ -339,32 +335,6 @@ static int parse_mode(const char *mode, int *nft) {
   return 0;
 }
 
-/* A comma list of IPs/CIDRs into two sets ([0] IPv4, [1] IPv6). With
- * single_ips, prefixes shorter than a host are refused. */
-static int parse_ip_list(const char *what, const char *list, int single_ips,
-                         sg_ipset_t out[2], char *err, size_t errlen) {
-  char *copy = strdup(list), *save = NULL;
-  if (!copy)
-    return -ENOMEM;
-  int rc = 0;
-  for (char *t = strtok_r(copy, ", ", &save); t && !rc;
-       t = strtok_r(NULL, ", ", &save)) {
-    sg_range_t r;
-    int fam = sg_range_parse(t, &r);
-    if (!fam || (single_ips && r.lo != r.hi)) {
-      snprintf(err, errlen, "%s: \"%s\" is not an IP address%s", what, t,
-               single_ips ? "" : " or CIDR");
-      rc = -EINVAL;
-    } else if (sg_ipset_add(&out[fam == 6], &r)) {
-      rc = -ENOMEM;
-    }
-  }
-  free(copy);
-  sg_ipset_normalize(&out[0]);
-  sg_ipset_normalize(&out[1]);
-  return rc;
-}
-
 /* The dns+nft settings (read in both modes: the exemption also shapes the
  * interception). */
 static int parse_nft(const raw_t *r, sg_egress_config_t *c, char *err,
@@ -387,13 +357,15 @@ static int parse_nft(const raw_t *r, sg_egress_config_t *c, char *err,
       return -EINVAL;
     }
   }
-  if (r->doh_list && (rc = parse_ip_list("OPENSANDBOX_EGRESS_DOH_BLOCKLIST",
-                                         r->doh_list, 0, c->doh, err, errlen)))
+  if (r->doh_list &&
+      (rc = sg_ipset_parse_list("OPENSANDBOX_EGRESS_DOH_BLOCKLIST", r->doh_list,
+                                0, c->doh, err, errlen)))
     return rc;
   /* OpenSandbox: blocking 443 without a list blocks all of it. */
   c->doh_all = truthy(r->block_doh) && c->doh[0].n == 0 && c->doh[1].n == 0;
-  if (r->exempt && (rc = parse_ip_list("OPENSANDBOX_EGRESS_NAMESERVER_EXEMPT",
-                                       r->exempt, 1, c->exempt, err, errlen)))
+  if (r->exempt &&
+      (rc = sg_ipset_parse_list("OPENSANDBOX_EGRESS_NAMESERVER_EXEMPT",
+                                r->exempt, 1, c->exempt, err, errlen)))
     return rc;
   c->exempt_uid = (uint32_t)geteuid();
   if (r->exempt_uid) {
@@ -444,7 +416,7 @@ int sg_egress_config_load(sg_egress_config_t *c, int argc, char **argv,
   memset(c, 0, sizeof(*c));
   unsigned long v;
 
-  const char *home = env("SANDGATE_HOME");
+  const char *home = sg_env("SANDGATE_HOME");
   c->data_dir = home ? home : SG_DATA_DIR;
 
   c->upstream_timeout_ms = 5000;

@@ -835,18 +835,9 @@ static void egress_free(egress_t *e) {
 /* An upstream whose address is an exempt nameserver. */
 static int is_exempt(const sg_egress_config_t *c,
                      const struct sockaddr_storage *ss) {
-  sg_range_t r;
   char ip[SG_ADDRSTR_MAX];
-  if (!sg_sockaddr_ip((const struct sockaddr *)ss, ip, sizeof(ip)))
-    return 0;
-  int fam = sg_range_parse(ip, &r);
-  if (!fam)
-    return 0;
-  const sg_ipset_t *set = &c->exempt[fam == 6];
-  for (size_t i = 0; i < set->n; i++)
-    if (r.lo >= set->r[i].lo && r.lo <= set->r[i].hi)
-      return 1;
-  return 0;
+  return sg_sockaddr_ip((const struct sockaddr *)ss, ip, sizeof(ip)) &&
+         sg_ipset_has_ip(c->exempt, ip);
 }
 
 int sg_egress_main(int argc, char **argv) {

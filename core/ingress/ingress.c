@@ -3,6 +3,7 @@
  * off to the side and swapped on reload), the admin API and the process
  * lifecycle. */
 #include "ingress/ingress.h"
+#include "util/env.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -114,13 +115,8 @@ struct ingress {
   int stopping;
 };
 
-static const char *env(const char *name) {
-  const char *v = getenv(name);
-  return v && *v ? v : NULL;
-}
-
-static int parse_secs(const char *name, const char *v, uint32_t *out,
-                      char *err, size_t errlen) {
+static int parse_secs(const char *name, const char *v, uint32_t *out, char *err,
+                      size_t errlen) {
   char *end;
   errno = 0;
   unsigned long n = strtoul(v, &end, 10);
@@ -176,19 +172,19 @@ static const struct option long_opts[] = {
 
 static int load_config(config_t *c, int argc, char **argv, char *err,
                        size_t errlen) {
-  const char *port = env("SANDGATE_INGRESS_PORT");
-  const char *listen = env("SANDGATE_INGRESS_LISTEN");
-  const char *trusted = env("SANDGATE_INGRESS_TRUSTED_PROXIES");
-  const char *admin = env("SANDGATE_INGRESS_ADMIN_ADDR");
-  const char *log_level = env("SANDGATE_LOG_LEVEL");
-  const char *workers = env("SANDGATE_INGRESS_WORKERS");
+  const char *port = sg_env("SANDGATE_INGRESS_PORT");
+  const char *listen = sg_env("SANDGATE_INGRESS_LISTEN");
+  const char *trusted = sg_env("SANDGATE_INGRESS_TRUSTED_PROXIES");
+  const char *admin = sg_env("SANDGATE_INGRESS_ADMIN_ADDR");
+  const char *log_level = sg_env("SANDGATE_LOG_LEVEL");
+  const char *workers = sg_env("SANDGATE_INGRESS_WORKERS");
   const char *secs[4] = {NULL, NULL, NULL, NULL};
-  c->mode = env("SANDGATE_INGRESS_MODE");
-  c->script = env("SANDGATE_INGRESS_SCRIPT");
-  c->routes = env("SANDGATE_INGRESS_ROUTES");
-  c->script_config = env("SANDGATE_INGRESS_SCRIPT_CONFIG");
-  c->dns_template = env("SANDGATE_INGRESS_DNS_TEMPLATE");
-  c->keys = env("SANDGATE_INGRESS_SECURE_ACCESS_KEYS");
+  c->mode = sg_env("SANDGATE_INGRESS_MODE");
+  c->script = sg_env("SANDGATE_INGRESS_SCRIPT");
+  c->routes = sg_env("SANDGATE_INGRESS_ROUTES");
+  c->script_config = sg_env("SANDGATE_INGRESS_SCRIPT_CONFIG");
+  c->dns_template = sg_env("SANDGATE_INGRESS_DNS_TEMPLATE");
+  c->keys = sg_env("SANDGATE_INGRESS_SECURE_ACCESS_KEYS");
   optind = 1;
   opterr = 0;
   int opt;
@@ -224,7 +220,7 @@ static int load_config(config_t *c, int argc, char **argv, char *err,
     snprintf(err, errlen, "unexpected argument \"%s\"", argv[optind]);
     return -EINVAL;
   }
-  const char *home = env("SANDGATE_HOME");
+  const char *home = sg_env("SANDGATE_HOME");
   c->data_dir = home ? home : SG_DATA_DIR;
   if (!c->mode)
     c->mode = "header";
@@ -262,24 +258,9 @@ static int load_config(config_t *c, int argc, char **argv, char *err,
   }
   sg_ipset_init(&c->trusted[0], 4);
   sg_ipset_init(&c->trusted[1], 6);
-  if (trusted) {
-    char *copy = strdup(trusted), *save = NULL;
-    for (char *t = copy ? strtok_r(copy, ", ", &save) : NULL; t;
-         t = strtok_r(NULL, ", ", &save)) {
-      sg_range_t r;
-      int fam = sg_range_parse(t, &r);
-      if (!fam) {
-        snprintf(err, errlen, "--trusted-proxies: \"%s\" is not an IP or CIDR",
-                 t);
-        free(copy);
-        return -EINVAL;
-      }
-      sg_ipset_add(&c->trusted[fam == 6], &r);
-    }
-    free(copy);
-    sg_ipset_normalize(&c->trusted[0]);
-    sg_ipset_normalize(&c->trusted[1]);
-  }
+  if (trusted && sg_ipset_parse_list("--trusted-proxies", trusted, 0,
+                                     c->trusted, err, errlen))
+    return -EINVAL;
   c->header_ms = 10000;
   c->connect_ms = 5000;
   c->first_byte_ms = 60000;
@@ -349,8 +330,7 @@ static int changed(const char *path, const struct stat *o) {
          st.st_mtim.tv_nsec != o->st_mtim.tv_nsec;
 }
 
-static int reload(ingress_t *g, const char *trigger, char *err,
-                  size_t errlen) {
+static int reload(ingress_t *g, const char *trigger, char *err, size_t errlen) {
   /* One VM per worker, and one for /explain: all or none. */
   sg_vm_t *vms[MAX_WORKERS + 1];
   int want = g->nworkers + (g->explain_vm ? 1 : 0);
@@ -657,7 +637,8 @@ static void on_signal(uv_signal_t *h, int signum) {
   sg_log_msg(SG_LOG_INFO, "ingress.stopping",
              "%s: draining (no new connections, open requests finish "
              "within %d s)",
-             signum == SIGTERM ? "SIGTERM" : "SIGINT", DRAIN_DEADLINE_MS / 1000);
+             signum == SIGTERM ? "SIGTERM" : "SIGINT",
+             DRAIN_DEADLINE_MS / 1000);
   sg_http_server_close(g->admin);
   g->admin = NULL;
   close_handle((uv_handle_t *)&g->sighup);

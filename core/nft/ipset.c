@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -176,5 +177,41 @@ int sg_ipset_copy(sg_ipset_t *dst, const sg_ipset_t *src) {
   for (size_t i = 0; i < src->n; i++)
     if (sg_ipset_add(dst, &src->r[i]))
       return -ENOMEM;
+  return 0;
+}
+
+int sg_ipset_parse_list(const char *what, const char *list, int single_ips,
+                        sg_ipset_t out[2], char *err, size_t errlen) {
+  char *copy = strdup(list), *save = NULL;
+  if (!copy)
+    return -ENOMEM;
+  int rc = 0;
+  for (char *t = strtok_r(copy, ", ", &save); t && !rc;
+       t = strtok_r(NULL, ", ", &save)) {
+    sg_range_t r;
+    int fam = sg_range_parse(t, &r);
+    if (!fam || (single_ips && r.lo != r.hi)) {
+      snprintf(err, errlen, "%s: \"%s\" is not an IP address%s", what, t,
+               single_ips ? "" : " or CIDR");
+      rc = -EINVAL;
+    } else if (sg_ipset_add(&out[fam == 6], &r)) {
+      rc = -ENOMEM;
+    }
+  }
+  free(copy);
+  sg_ipset_normalize(&out[0]);
+  sg_ipset_normalize(&out[1]);
+  return rc;
+}
+
+int sg_ipset_has_ip(const sg_ipset_t *sets, const char *ip) {
+  sg_range_t r;
+  int fam = sets ? sg_range_parse(ip, &r) : 0;
+  if (!fam)
+    return 0;
+  const sg_ipset_t *s = &sets[fam == 6];
+  for (size_t i = 0; i < s->n; i++)
+    if (r.lo >= s->r[i].lo && r.lo <= s->r[i].hi)
+      return 1;
   return 0;
 }

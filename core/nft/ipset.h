@@ -55,6 +55,18 @@ int sg_ipset_equal(const sg_ipset_t *a, const sg_ipset_t *b);
 /* Copies src into dst (initialized, emptied first). 0 or -ENOMEM. */
 int sg_ipset_copy(sg_ipset_t *dst, const sg_ipset_t *src);
 
+/* Parses a comma (or blank) separated list of addresses and CIDRs into
+ * out[0] (IPv4) and out[1] (IPv6), both initialized by the caller, and
+ * normalizes them. With single_ips, prefixes wider than one address are
+ * refused. Returns 0, or a negative errno with a message naming `what` and
+ * the bad entry in err. */
+int sg_ipset_parse_list(const char *what, const char *list, int single_ips,
+                        sg_ipset_t out[2], char *err, size_t errlen);
+
+/* 1 when the address ip (text) lies in sets ([0] IPv4, [1] IPv6; NULL =
+ * empty). */
+int sg_ipset_has_ip(const sg_ipset_t *sets, const char *ip);
+
 /* Writes the address v of the family in network byte order into out (4 or
  * 16 bytes) and returns the number of bytes. */
 size_t sg_addr_bytes(int family, sg_u128 v, uint8_t out[16]);

@@ -3,6 +3,7 @@
  * so one published port reaches every port of the sandbox: HTTP, SSE and
  * WebSocket through the same proxy engine as the gateway (core/proxy). */
 #include "portproxy/portproxy.h"
+#include "util/env.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -43,11 +44,6 @@ typedef struct {
   uv_signal_t sigterm, sigint;
 } portproxy_t;
 
-static const char *env(const char *name) {
-  const char *v = getenv(name);
-  return v && *v ? v : NULL;
-}
-
 /* Constant-time comparison of a presented token with ours. */
 static int token_ok(const portproxy_t *pp, const char *v, size_t n) {
   unsigned char diff = (unsigned char)(n != pp->token_len);
@@ -66,8 +62,7 @@ static void route(void *ctx, const sg_proxy_request_t *req,
           strncasecmp(req->headers[i].name, TOKEN_HEADER,
                       req->headers[i].name_len) == 0)
         tok = &req->headers[i];
-    if (!tok || !tok->value_len ||
-        !token_ok(pp, tok->value, tok->value_len)) {
+    if (!tok || !tok->value_len || !token_ok(pp, tok->value, tok->value_len)) {
       out->status = 401;
       snprintf(out->content_type, sizeof(out->content_type),
                "application/json; charset=utf-8");
@@ -163,10 +158,10 @@ int sg_portproxy_main(int argc, char **argv) {
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  const char *port = env("SANDGATE_PORTPROXY_PORT");
-  const char *listen = env("SANDGATE_PORTPROXY_LISTEN");
-  const char *token = env("EXECD_ACCESS_TOKEN");
-  const char *level = env("SANDGATE_LOG_LEVEL");
+  const char *port = sg_env("SANDGATE_PORTPROXY_PORT");
+  const char *listen = sg_env("SANDGATE_PORTPROXY_LISTEN");
+  const char *token = sg_env("EXECD_ACCESS_TOKEN");
+  const char *level = sg_env("SANDGATE_LOG_LEVEL");
   optind = 1;
   opterr = 0;
   int opt;
@@ -198,8 +193,7 @@ int sg_portproxy_main(int argc, char **argv) {
   if (level) {
     int lv = sg_log_parse_level(level);
     if (lv < 0) {
-      fprintf(stderr, "sandgate portproxy: \"%s\" is not a log level\n",
-              level);
+      fprintf(stderr, "sandgate portproxy: \"%s\" is not a log level\n", level);
       return 2;
     }
     sg_log_set_level((sg_log_level_t)lv);

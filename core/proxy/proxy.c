@@ -22,8 +22,8 @@
 #define MAX_HEADERS 128
 
 #ifndef container_of
-#define container_of(ptr, type, member)                                       \
-  ((type *)((char *)(ptr) - offsetof(type, member)))
+#define container_of(ptr, type, member)                                        \
+  ((type *)((char *)(ptr)-offsetof(type, member)))
 #endif
 
 typedef struct client client_t;
@@ -41,9 +41,9 @@ typedef struct {
   size_t len, cap;
   hdr_t h[MAX_HEADERS];
   size_t nh;
-  size_t url, url_len;       /* request-target, or the status reason */
-  int in_value;              /* the last callback was a header value */
-  int too_big;               /* over max_header_bytes or MAX_HEADERS */
+  size_t url, url_len; /* request-target, or the status reason */
+  int in_value;        /* the last callback was a header value */
+  int too_big;         /* over max_header_bytes or MAX_HEADERS */
   /* Filled by head_classify once the head is complete. */
   uint8_t kind[MAX_HEADERS];
   int first[9]; /* index of the first header of each kind, or -1 */
@@ -54,11 +54,11 @@ typedef struct {
 enum { K_OTHER, K_HOP, K_HOST, K_XFF, K_XFP, K_XFH, K_CLEN, K_UPGRADE, K_CONN };
 
 enum {
-  C_HEAD,       /* reading a request head */
-  C_ROUTED,     /* head done, waiting for the backend connection */
-  C_BODY,       /* streaming the request body */
-  C_WAIT,       /* request sent, waiting for the rest of the response */
-  C_TUNNEL,     /* after a 101 */
+  C_HEAD,   /* reading a request head */
+  C_ROUTED, /* head done, waiting for the backend connection */
+  C_BODY,   /* streaming the request body */
+  C_WAIT,   /* request sent, waiting for the rest of the response */
+  C_TUNNEL, /* after a 101 */
   C_CLOSING,
 };
 
@@ -69,19 +69,19 @@ struct upstream {
   uv_timer_t timer;
   uv_connect_t connect;
   sg_proxy_t *p;
-  client_t *c; /* the exchange it serves; NULL in the pool */
+  client_t *c;      /* the exchange it serves; NULL in the pool */
   upstream_t *next; /* in the pool */
   llhttp_t parser;
   head_t head;
   char key[300]; /* the pool key: "host port" */
   int state;
-  int reused;      /* taken from the pool */
+  int reused;        /* taken from the pool */
   uint32_t idle_ms;  /* the timer is an idle timeout of this length */
   uint64_t activity; /* loop time of the last byte either way */
-  int got_bytes;   /* a byte of the response arrived */
-  int chunk_out;   /* the client gets the body re-chunked */
-  int close_after; /* the client connection ends with this response */
-  int done;        /* the response is complete (set inside the parser) */
+  int got_bytes;     /* a byte of the response arrived */
+  int chunk_out;     /* the client gets the body re-chunked */
+  int close_after;   /* the client connection ends with this response */
+  int done;          /* the response is complete (set inside the parser) */
   /* The response head for the client, held back so that it goes out in
    * one write with the first body bytes. */
   char *head_out;
@@ -107,9 +107,9 @@ struct client {
   head_t head;
   int state;
   int req_chunked, req_done, req_has_body, keep_alive, http10, is_head;
-  int upgrade;       /* the request asks for an Upgrade */
-  int responded;     /* a response head went out */
-  int ending;        /* shutting down after the last write */
+  int upgrade;   /* the request asks for an Upgrade */
+  int responded; /* a response head went out */
+  int ending;    /* shutting down after the last write */
   int reading;
   int handles;
   upstream_t *up;
@@ -135,8 +135,8 @@ struct sg_proxy {
   upstream_t *pool;
   int pooled;
   sg_proxy_stats_t stats;
-  char *rbuf;             /* the shared read buffer of client connections */
-  char *ubuf;             /* and of backend connections */
+  char *rbuf; /* the shared read buffer of client connections */
+  char *ubuf; /* and of backend connections */
   sg_resolver_t *resolver;
   sg_proxy_route_t route; /* scratch for the route callback */
   int draining;
@@ -179,7 +179,9 @@ static void sb_add(sb_t *s, const char *p, size_t n) {
   s->len += n;
 }
 
-static void sb_str(sb_t *s, const char *p) { sb_add(s, p, strlen(p)); }
+static void sb_str(sb_t *s, const char *p) {
+  sb_add(s, p, strlen(p));
+}
 
 /* A number in decimal (or hex): no printf on the per-request path. */
 static void sb_num(sb_t *s, unsigned long v, unsigned base) {
@@ -238,6 +240,16 @@ static bool head_append(head_t *h, size_t max, const char *at, size_t n) {
   return true;
 }
 
+/* A piece of the request-target (or of the status reason). */
+static int head_line(head_t *h, size_t max, const char *at, size_t n) {
+  if (h->url_len == 0)
+    h->url = h->len;
+  if (!head_append(h, max, at, n))
+    return -1;
+  h->url_len += n;
+  return 0;
+}
+
 static int head_field(head_t *h, size_t max, const char *at, size_t n) {
   if (h->in_value || h->nh == 0) {
     if (h->nh == MAX_HEADERS) {
@@ -266,7 +278,6 @@ static int head_value(head_t *h, size_t max, const char *at, size_t n) {
   x->vl += n;
   return 0;
 }
-
 
 /* Does a comma list (a Connection header) name `token`? */
 static bool list_has(const char *v, size_t vl, const char *token, size_t tl) {
@@ -338,8 +349,7 @@ static void head_classify(head_t *h) {
 
 /* A header that does not travel past this hop. */
 static bool is_hop(const head_t *h, size_t i) {
-  return h->kind[i] == K_HOP || h->kind[i] == K_UPGRADE ||
-         h->kind[i] == K_CONN;
+  return h->kind[i] == K_HOP || h->kind[i] == K_UPGRADE || h->kind[i] == K_CONN;
 }
 
 /* The value of the first header of a kind, or NULL. */
@@ -355,7 +365,6 @@ static bool name_eq(const char *name, size_t nl, const char *lower) {
   size_t n = strlen(lower);
   return nl == n && strncasecmp(name, lower, n) == 0;
 }
-
 
 /* ---- handles and lifetimes ---- */
 
@@ -507,9 +516,8 @@ static void on_upstream_written(uv_write_t *req, int status) {
 }
 
 /* Queues bytes (copied) on a stream. Returns false on failure. */
-static bool send_bytes(uv_stream_t *s, uv_write_cb cb, const char *a,
-                       size_t an, const char *b, size_t bn, const char *z,
-                       size_t zn) {
+static bool send_bytes(uv_stream_t *s, uv_write_cb cb, const char *a, size_t an,
+                       const char *b, size_t bn, const char *z, size_t zn) {
   if (uv_is_closing((uv_handle_t *)s))
     return false;
   size_t total = an + bn + zn;
@@ -693,9 +701,8 @@ static void on_up_timeout(uv_timer_t *t) {
     c->up = NULL;
     upstream_close(u);
     send_error(c, 504,
-               u->state == U_CONNECTING
-                   ? "timed out connecting to the sandbox"
-                   : "the sandbox did not answer in time",
+               u->state == U_CONNECTING ? "timed out connecting to the sandbox"
+                                        : "the sandbox did not answer in time",
                false);
     return;
   }
@@ -843,12 +850,7 @@ static int r_begin(llhttp_t *hp) {
 
 static int r_status(llhttp_t *hp, const char *at, size_t n) {
   upstream_t *u = hp->data;
-  if (u->head.url_len == 0)
-    u->head.url = u->head.len;
-  if (!head_append(&u->head, u->p->o.max_header_bytes, at, n))
-    return -1;
-  u->head.url_len += n;
-  return 0;
+  return head_line(&u->head, u->p->o.max_header_bytes, at, n);
 }
 
 static int r_field(llhttp_t *hp, const char *at, size_t n) {
@@ -1006,14 +1008,13 @@ static void on_client_timeout(uv_timer_t *t);
 static void exchange_done(client_t *c) {
   sg_proxy_t *p = c->p;
   upstream_t *u = c->up;
-  bool client_keeps = c->keep_alive && c->req_done && !p->draining &&
-                      !(u && u->close_after);
+  bool client_keeps =
+      c->keep_alive && c->req_done && !p->draining && !(u && u->close_after);
   if (u) {
     c->up = NULL;
     u->c = NULL;
     bool reusable = c->req_done && llhttp_should_keep_alive(&u->parser) &&
-                    !p->draining &&
-                    p->pooled < p->o.pool_max_per_backend * 64;
+                    !p->draining && p->pooled < p->o.pool_max_per_backend * 64;
     int same = 0;
     for (upstream_t *x = p->pool; x; x = x->next)
       same += strcmp(x->key, u->key) == 0;
@@ -1109,8 +1110,8 @@ static void connect_backend(client_t *c) {
     }
   }
   struct sockaddr_storage ss;
-  int rc = sg_resolve(p->resolver, c->up_host, c->up_port, &ss, on_resolved,
-                      c, &c->resolving);
+  int rc = sg_resolve(p->resolver, c->up_host, c->up_port, &ss, on_resolved, c,
+                      &c->resolving);
   if (rc == 1)
     return; /* on_resolved goes on */
   if (rc < 0) {
@@ -1238,19 +1239,8 @@ static void start_tunnel(client_t *c, upstream_t *u, const char *rest,
 /* ---- the client side ---- */
 
 bool sg_proxy_trusted(const sg_ipset_t *trusted, const char *ip) {
-  if (!trusted)
-    return false;
-  sg_range_t r;
-  int fam = sg_range_parse(ip, &r);
-  if (!fam)
-    return false;
-  const sg_ipset_t *s = &trusted[fam == 6];
-  for (size_t i = 0; i < s->n; i++)
-    if (r.lo >= s->r[i].lo && r.lo <= s->r[i].hi)
-      return true;
-  return false;
+  return sg_ipset_has_ip(trusted, ip);
 }
-
 
 /* Whether the route removes or replaces a client's header. */
 static bool route_drops(const sg_proxy_route_t *rt, const char *name,
@@ -1309,7 +1299,8 @@ void sg_proxy_forward_headers(const sg_proxy_request_t *req,
     uint8_t k = kind[i];
     if (k == K_HOP || k == K_UPGRADE || k == K_CONN || k == K_HOST ||
         k == K_XFF || k == K_XFP || k == K_XFH ||
-        (conn && list_has(conn->value, conn->value_len, x->name, x->name_len)) ||
+        (conn &&
+         list_has(conn->value, conn->value_len, x->name, x->name_len)) ||
         route_drops(rt, x->name, x->name_len))
       continue;
     emit(ctx, x->name, x->name_len, x->value, x->value_len);
@@ -1420,8 +1411,8 @@ static int q_headers_complete(llhttp_t *hp) {
   for (size_t i = 0; i < h->nh; i++) {
     hdr_t *x = &h->h[i];
     /* Values without trailing whitespace (llhttp drops the leading). */
-    while (x->vl && (h->b[x->v + x->vl - 1] == ' ' ||
-                     h->b[x->v + x->vl - 1] == '\t'))
+    while (x->vl &&
+           (h->b[x->v + x->vl - 1] == ' ' || h->b[x->v + x->vl - 1] == '\t'))
       x->vl--;
     hdrs[i] = (sg_proxy_header_t){h->b + x->n, h->b + x->v, x->nl, x->vl};
   }
@@ -1479,8 +1470,8 @@ static bool body_out(client_t *c, const char *a, size_t an, const char *b,
   if (c->responded && !u)
     return true; /* answered already (an error): the body is dropped */
   if (u && u->state == U_BUSY)
-    return send_bytes((uv_stream_t *)&u->tcp, on_upstream_written, a, an, b,
-                      bn, z, zn);
+    return send_bytes((uv_stream_t *)&u->tcp, on_upstream_written, a, an, b, bn,
+                      z, zn);
   if (!grow(&c->pend, &c->pend_cap, c->pend_len + an + bn + zn))
     return false;
   memcpy(c->pend + c->pend_len, a, an);
@@ -1502,12 +1493,7 @@ static int q_begin(llhttp_t *hp) {
 
 static int q_url(llhttp_t *hp, const char *at, size_t n) {
   client_t *c = hp->data;
-  if (c->head.url_len == 0)
-    c->head.url = c->head.len;
-  if (!head_append(&c->head, c->p->o.max_header_bytes, at, n))
-    return -1;
-  c->head.url_len += n;
-  return 0;
+  return head_line(&c->head, c->p->o.max_header_bytes, at, n);
 }
 
 static int q_field(llhttp_t *hp, const char *at, size_t n) {
@@ -1682,8 +1668,7 @@ static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   }
   if (c->state == C_HEAD && c->p->o.header_timeout_ms &&
       !uv_is_active((uv_handle_t *)&c->timer))
-    uv_timer_start(&c->timer, on_client_timeout, c->p->o.header_timeout_ms,
-                   0);
+    uv_timer_start(&c->timer, on_client_timeout, c->p->o.header_timeout_ms, 0);
   parse_client(c);
   if (c->state == C_CLOSING)
     return;
@@ -1702,8 +1687,7 @@ static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 static void client_resume_reading(client_t *c) {
   if (c->reading || c->state == C_CLOSING || c->ending)
     return;
-  if (uv_read_start((uv_stream_t *)&c->tcp, client_alloc, on_client_read) ==
-      0)
+  if (uv_read_start((uv_stream_t *)&c->tcp, client_alloc, on_client_read) == 0)
     c->reading = 1;
 }
 
@@ -1739,10 +1723,9 @@ static void on_connection(uv_stream_t *server, int status) {
     p->clients->prev = c;
   p->clients = c;
   c->state = C_HEAD;
-  uv_timer_start(&c->timer, on_client_timeout,
-                 p->o.header_timeout_ms ? p->o.header_timeout_ms
-                                        : p->o.keepalive_ms,
-                 0);
+  uv_timer_start(
+      &c->timer, on_client_timeout,
+      p->o.header_timeout_ms ? p->o.header_timeout_ms : p->o.keepalive_ms, 0);
   /* Later heads restart the timer from q_begin (uv_timer_again). */
   uv_timer_set_repeat(&c->timer, p->o.header_timeout_ms);
   client_resume_reading(c);

@@ -52,6 +52,7 @@
 #include "nft/build.h"
 #include "proxy/proxy.h"
 #include "util/file.h"
+#include "util/json.h"
 #include "util/log.h"
 #include "util/sockaddr.h"
 
@@ -162,20 +163,6 @@ static int ip_cmd(bool quiet, const char *fmt, ...) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static void json_str(FILE *f, const char *s) {
-  fputc('"', f);
-  for (; *s; s++) {
-    unsigned char ch = (unsigned char)*s;
-    if (ch == '"' || ch == '\\')
-      fprintf(f, "\\%c", ch);
-    else if (ch < 0x20)
-      fprintf(f, "\\u%04x", ch);
-    else
-      fputc(ch, f);
-  }
-  fputc('"', f);
-}
-
 /* The policy document: the file, or the --allow/--deny rules in order
  * (default deny). NULL on error (said). */
 static char *policy_doc(const opts_t *o) {
@@ -196,7 +183,7 @@ static char *policy_doc(const opts_t *o) {
   for (int i = 0; i < o->nrules; i++) {
     fprintf(f, "%s{\"action\":\"%s\",\"target\":", i ? "," : "",
             o->rule_action[i]);
-    json_str(f, o->rule_target[i]);
+    sg_json_str(f, o->rule_target[i]);
     fputc('}', f);
   }
   fputs("]}", f);
@@ -345,8 +332,7 @@ static int setup_link(run_t *r) {
              r->sb_if, r->ns) ||
       ip_cmd(false, "addr add %s/30 dev %s", r->host_ip, r->host_if) ||
       ip_cmd(false, "link set %s up", r->host_if) ||
-      ip_cmd(false, "-n %s addr add %s/30 dev %s", r->ns, r->sb_ip,
-             r->sb_if) ||
+      ip_cmd(false, "-n %s addr add %s/30 dev %s", r->ns, r->sb_ip, r->sb_if) ||
       ip_cmd(false, "-n %s link set %s up", r->ns, r->sb_if) ||
       ip_cmd(false, "-n %s link set lo up", r->ns) ||
       ip_cmd(false, "-n %s route add default via %s", r->ns, r->host_ip)) {
@@ -364,8 +350,8 @@ static int setup_nat(run_t *r) {
   char err[256] = "";
   sg_nft_batch_t *b = sg_nft_batch_new();
   struct nftnl_table *t = sg_nft_table_named(r->table);
-  struct nftnl_chain *c = sg_nft_base_chain_in(
-      r->table, "postrouting", "nat", NF_INET_POST_ROUTING, 100, -1);
+  struct nftnl_chain *c = sg_nft_base_chain_in(r->table, "postrouting", "nat",
+                                               NF_INET_POST_ROUTING, 100, -1);
   struct nftnl_rule *rule = sg_nft_rule_in(r->table, "postrouting");
   uint32_t net = htonl(((uint32_t)r->o.net_a << 24) |
                        ((uint32_t)r->o.net_b << 16) | ((uint32_t)r->n << 8));
@@ -508,8 +494,7 @@ static int host_upstreams(char *out, size_t n) {
     if (!sg_sockaddr_ip(sa, ip, sizeof(ip)) || strncmp(ip, "127.", 4) == 0 ||
         strcmp(ip, "::1") == 0)
       continue;
-    used += (size_t)snprintf(out + used, n - used, "%s%s", used ? "," : "",
-                             ip);
+    used += (size_t)snprintf(out + used, n - used, "%s%s", used ? "," : "", ip);
   }
   return used ? 0 : -1;
 }
@@ -533,12 +518,12 @@ static int start_egress(run_t *r) {
   snprintf(rules_dir, sizeof(rules_dir), "%s/rules", r->dir);
   snprintf(log, sizeof(log), "%s/egress.log", r->dir);
   mkdir(rules_dir, 0755);
-  char *argv[] = {"sandgate",        "egress",
-                  "--mode",          (char *)(r->o.mode ? r->o.mode : "dns+nft"),
-                  "--upstream",      upstream,
-                  "--http-addr",     api,
-                  "--rules-dir",     rules_dir,
-                  "--cleanup",       NULL};
+  char *argv[] = {"sandgate",    "egress",
+                  "--mode",      (char *)(r->o.mode ? r->o.mode : "dns+nft"),
+                  "--upstream",  upstream,
+                  "--http-addr", api,
+                  "--rules-dir", rules_dir,
+                  "--cleanup",   NULL};
   /* The document and the token go through the environment: a command line
    * is readable by every user, the sandboxed one included. */
   size_t ne = 0;
@@ -621,8 +606,9 @@ static pid_t start_cmd(run_t *r) {
     return -1;
   }
   /* Any address works: the egress plane intercepts port 53. */
-  fprintf(f, "# written by sandgate run: DNS goes through the egress "
-             "plane\nnameserver %s\n",
+  fprintf(f,
+          "# written by sandgate run: DNS goes through the egress "
+          "plane\nnameserver %s\n",
           r->host_ip);
   fclose(f);
   uid_t uid;
@@ -642,8 +628,9 @@ static pid_t start_cmd(run_t *r) {
   if (unshare(CLONE_NEWNS) != 0 ||
       mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0 ||
       mount(resolv, "/etc/resolv.conf", NULL, MS_BIND, NULL) != 0) {
-    fprintf(stderr, "sandgate run: cannot give the namespace its "
-                    "resolv.conf: %s\n",
+    fprintf(stderr,
+            "sandgate run: cannot give the namespace its "
+            "resolv.conf: %s\n",
             strerror(errno));
     _exit(126);
   }
@@ -668,7 +655,7 @@ static void api_route(void *ctx, const sg_proxy_request_t *req,
   snprintf(out->host, sizeof(out->host), "%s", r->sb_ip);
   out->port = API_PORT;
   size_t n = req->target_len < sizeof(out->path) - 1 ? req->target_len
-                                                      : sizeof(out->path) - 1;
+                                                     : sizeof(out->path) - 1;
   memcpy(out->path, req->target, n);
   out->path[n] = 0;
   /* Whoever reaches the host address may write the policy; the sandbox,
@@ -908,8 +895,8 @@ int sg_run_main(int argc, char **argv) {
   sigprocmask(SIG_BLOCK, &block, &old);
   r.loop = uv_default_loop();
   int status = 1;
-  if (claim_index(&r) || setup_link(&r) || setup_nat(&r) ||
-      start_egress(&r) || (r.o.npublish && start_portproxy(&r)) ||
+  if (claim_index(&r) || setup_link(&r) || setup_nat(&r) || start_egress(&r) ||
+      (r.o.npublish && start_portproxy(&r)) ||
       (r.o.policy_api && start_api_forwarder(&r)))
     goto done;
   say("sandbox %s: %s (%s mode, egress log %s/egress.log)", r.ns, r.sb_ip,

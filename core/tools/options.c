@@ -1,6 +1,7 @@
 /* The command line `sandgate check` and `sandgate test` share, and the one
  * way they build a VM (the server's loader, with the server's inputs). */
 #include "tools/tools.h"
+#include "util/env.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -44,11 +45,6 @@ static const struct option long_opts[] = {
     {NULL, 0, NULL, 0},
 };
 
-static const char *env(const char *name) {
-  const char *v = getenv(name);
-  return v && *v ? v : NULL;
-}
-
 static int parse_num(const char *name, const char *s, unsigned long min,
                      unsigned long max, unsigned long *out, char *err,
                      size_t errlen) {
@@ -84,12 +80,12 @@ static int read_always(sg_tool_t *t, char *err, size_t errlen) {
 int sg_tool_init(sg_tool_t *t, int argc, char **argv, int nargs,
                  const char *usage, char *err, size_t errlen) {
   memset(t, 0, sizeof(*t));
-  const char *home = env("SANDGATE_HOME");
+  const char *home = sg_env("SANDGATE_HOME");
   t->data_dir = home ? home : SG_DATA_DIR;
   const char *kind = NULL, *log_level = NULL;
   /* The egress server's variables for the limits; flags win. */
-  const char *memory = env("SANDGATE_SCRIPT_MEMORY_MB");
-  const char *timeout = env("SANDGATE_SCRIPT_TIMEOUT_MS");
+  const char *memory = sg_env("SANDGATE_SCRIPT_MEMORY_MB");
+  const char *timeout = sg_env("SANDGATE_SCRIPT_TIMEOUT_MS");
   optind = 1;
   opterr = 0;
   int opt;

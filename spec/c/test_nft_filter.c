@@ -124,6 +124,29 @@ static void ipset_subtract(void) {
   sg_ipset_free(&sub);
 }
 
+static void ipset_lists(void) {
+  sg_ipset_t s[2];
+  char err[128];
+  sg_ipset_init(&s[0], 4);
+  sg_ipset_init(&s[1], 6);
+  ASSERT_EQ(sg_ipset_parse_list("L", "10.0.0.0/8, 10.1.2.3 2001:db8::/32", 0, s,
+                                err, sizeof(err)),
+            0);
+  ASSERT_EQ(s[0].n, 1); /* 10.1.2.3 merged into 10/8 */
+  ASSERT_EQ(s[1].n, 1);
+  ASSERT(sg_ipset_has_ip(s, "10.200.3.4"));
+  ASSERT(sg_ipset_has_ip(s, "2001:db8::7"));
+  ASSERT(!sg_ipset_has_ip(s, "11.0.0.1"));
+  ASSERT(!sg_ipset_has_ip(s, "not an ip"));
+  ASSERT(!sg_ipset_has_ip(NULL, "10.0.0.1"));
+  ASSERT(sg_ipset_parse_list("L", "10.0.0.1,nope", 0, s, err, sizeof(err)) < 0);
+  ASSERT_STREQ(err, "L: \"nope\" is not an IP address or CIDR");
+  ASSERT(sg_ipset_parse_list("X", "10.0.0.0/24", 1, s, err, sizeof(err)) < 0);
+  ASSERT_STREQ(err, "X: \"10.0.0.0/24\" is not an IP address");
+  sg_ipset_free(&s[0]);
+  sg_ipset_free(&s[1]);
+}
+
 /* ---- the filter in the kernel ---- */
 
 static sg_nft_filter_opts_t fopts = {.reject = 1, .dyn_size = 1024};
@@ -349,6 +372,7 @@ static const sg_test_case_t cases[] = {
     {"ipset: normalizes overlapping, contained and adjacent ranges",
      ipset_normalize},
     {"ipset: subtracts ranges", ipset_subtract},
+    {"ipset: parses address lists and answers membership", ipset_lists},
     {"filter: overlapping prefixes install, normalized",
      filter_install_overlapping},
     {"filter: an update rewrites static sets and the policy, keeps learned "
