@@ -102,6 +102,13 @@ for site in docs:10.77.0.2 evil:10.77.0.3; do
     --directory "$WORK/www-${site%%:*}" >/dev/null 2>&1 &
   PIDS+=($!)
 done
+# The servers take a moment to start: the story begins once they answer.
+for _ in $(seq 200); do
+  ip netns exec "$NET" curl -s -o /dev/null -m 1 http://10.77.0.2/ &&
+    ip netns exec "$NET" curl -s -o /dev/null -m 1 http://10.77.0.3/ &&
+    ip netns exec "$NET" dig +short +time=1 +tries=1 @10.77.0.1 docs.example.test | grep -q . && break
+  sleep 0.05
+done
 say "DNS server 10.77.0.1: docs.example.test -> 10.77.0.2, evil.example.test -> 10.77.0.3"
 say "web servers on 10.77.0.2 and 10.77.0.3"
 
