@@ -28,6 +28,20 @@
 
 typedef struct client client_t;
 typedef struct upstream upstream_t;
+typedef struct backend backend_t;
+
+/* A connection's deadline. Setting or moving it writes a timestamp; the
+ * libuv timer behind it is re-armed only when a deadline comes earlier than
+ * the time it is armed for, or when it fires before the current deadline.
+ * An exchange moves its deadlines several times per request (head, first
+ * byte, idle, pool): a timer-heap update for each cost ~2% of the proxy's
+ * CPU. */
+typedef struct {
+  uv_timer_t timer; /* timer.data: the connection */
+  uint64_t due;     /* loop time of the deadline; 0: none */
+  uint64_t armed;   /* loop time the timer fires at; 0: not armed */
+  uv_timer_cb expired;
+} deadline_t;
 
 /* A header as offsets into a head buffer. */
 typedef struct {
@@ -66,18 +80,20 @@ enum { U_CONNECTING, U_BUSY, U_IDLE, U_TUNNEL, U_CLOSING };
 
 struct upstream {
   uv_tcp_t tcp;
-  uv_timer_t timer;
+  deadline_t dl;
   uv_connect_t connect;
   sg_proxy_t *p;
-  client_t *c;      /* the exchange it serves; NULL in the pool */
-  upstream_t *next; /* in the pool */
+  client_t *c; /* the exchange it serves; NULL in the pool */
+  /* In the pool: in its backend's idle list. */
+  backend_t *be;
+  upstream_t *prev, *next;
   llhttp_t parser;
   head_t head;
-  char key[300]; /* the pool key: "host port" */
+  char host[256]; /* the backend: host and port (the pool key) */
+  uint16_t port;
+  uint32_t hash;
   int state;
-  int reused;        /* taken from the pool */
-  uint32_t idle_ms;  /* the timer is an idle timeout of this length */
-  uint64_t activity; /* loop time of the last byte either way */
+  int reused; /* taken from the pool */
   int got_bytes;     /* a byte of the response arrived */
   int chunk_out;     /* the client gets the body re-chunked */
   int close_after;   /* the client connection ends with this response */
@@ -85,18 +101,19 @@ struct upstream {
   /* The response head for the client, held back so that it goes out in
    * one write with the first body bytes. */
   char *head_out;
-  size_t head_out_len;
+  size_t head_out_len, head_out_cap;
   int reading;
   int handles;
 };
 
 struct client {
   uv_tcp_t tcp;
-  uv_timer_t timer;
+  deadline_t dl;
   sg_proxy_t *p;
   client_t *prev, *next;
   llhttp_t parser;
   char ip[64];
+  bool trusted; /* a configured proxy: its X-Forwarded-* are kept */
   /* Unparsed input is in[off, len): the loop's shared read buffer during
    * a read callback, else buf (owned), which holds only what a read left
    * over (a pipelined request, a body held back). */
@@ -116,8 +133,9 @@ struct client {
   /* The backend and the request head sent to it (kept for a retry). */
   char up_host[256];
   uint16_t up_port;
+  uint32_t up_hash;
   char *out;
-  size_t out_len;
+  size_t out_len, out_cap;
   int retried;
   sg_resolve_req_t *resolving;
   /* Body bytes (already framed for the backend) that arrived before the
@@ -126,19 +144,38 @@ struct client {
   size_t pend_len, pend_cap;
 };
 
+/* A backend's idle connections (the pool), found by host and port. */
+struct backend {
+  backend_t *next; /* in its hash bucket */
+  uint32_t hash;
+  uint16_t port;
+  upstream_t *idle;
+  int nidle;
+  char host[];
+};
+
 struct sg_proxy {
   uv_loop_t *loop;
   sg_proxy_opts_t o;
   uv_tcp_t listener;
   int listening;
   client_t *clients;
-  upstream_t *pool;
+  /* The pool: backends by hash of host and port. */
+  backend_t **backends;
+  size_t nbuckets, nbackends;
   int pooled;
   sg_proxy_stats_t stats;
   char *rbuf; /* the shared read buffer of client connections */
   char *ubuf; /* and of backend connections */
   sg_resolver_t *resolver;
   sg_proxy_route_t route; /* scratch for the route callback */
+  /* Head buffers of finished exchanges, for the next ones (a malloc and a
+   * free per head otherwise). */
+  struct {
+    char *b;
+    size_t cap;
+  } spare[32];
+  int nspare;
   int draining;
   uv_timer_t drain_timer;
   void (*drain_done)(void *);
@@ -170,21 +207,52 @@ typedef struct {
   bool oom;
 } sb_t;
 
-static void sb_add(sb_t *s, const char *p, size_t n) {
-  if (s->oom || !grow(&s->b, &s->cap, s->len + n + 1)) {
+static void sb_grow(sb_t *s, size_t n) {
+  if (s->oom || !grow(&s->b, &s->cap, s->len + n + 1))
     s->oom = true;
-    return;
+}
+
+static inline void sb_add(sb_t *s, const char *p, size_t n) {
+  if (s->len + n + 1 > s->cap) {
+    sb_grow(s, n);
+    if (s->oom)
+      return;
   }
   memcpy(s->b + s->len, p, n);
   s->len += n;
+}
+
+#define SPARE_MAX_CAP 16384
+
+/* An empty builder, on a spare buffer when there is one. */
+static void sb_take(sg_proxy_t *p, sb_t *s) {
+  *s = (sb_t){0};
+  if (p->nspare) {
+    p->nspare--;
+    s->b = p->spare[p->nspare].b;
+    s->cap = p->spare[p->nspare].cap;
+  }
+}
+
+/* A head buffer that is done with: kept for the next head, or freed. */
+static void spare_give(sg_proxy_t *p, char *b, size_t cap) {
+  if (b && cap <= SPARE_MAX_CAP &&
+      p->nspare < (int)(sizeof(p->spare) / sizeof(p->spare[0]))) {
+    p->spare[p->nspare].b = b;
+    p->spare[p->nspare].cap = cap;
+    p->nspare++;
+  } else {
+    free(b);
+  }
 }
 
 static void sb_str(sb_t *s, const char *p) {
   sb_add(s, p, strlen(p));
 }
 
-/* A number in decimal (or hex): no printf on the per-request path. */
-static void sb_num(sb_t *s, unsigned long v, unsigned base) {
+/* A number in decimal (or hex) at dst (24 bytes suffice); returns its
+ * length. No printf on the per-request path. */
+static size_t fmt_num(char *dst, unsigned long v, unsigned base) {
   char tmp[24];
   int i = (int)sizeof(tmp);
   do {
@@ -192,7 +260,13 @@ static void sb_num(sb_t *s, unsigned long v, unsigned base) {
     tmp[--i] = (char)(d < 10 ? '0' + d : 'a' + d - 10);
     v /= base;
   } while (v);
-  sb_add(s, tmp + i, sizeof(tmp) - (size_t)i);
+  memcpy(dst, tmp + i, sizeof(tmp) - (size_t)i);
+  return sizeof(tmp) - (size_t)i;
+}
+
+static void sb_num(sb_t *s, unsigned long v, unsigned base) {
+  char tmp[24];
+  sb_add(s, tmp, fmt_num(tmp, v, base));
 }
 
 /* "Name: value\r\n" */
@@ -297,8 +371,15 @@ static bool list_has(const char *v, size_t vl, const char *token, size_t tl) {
   return false;
 }
 
-static bool eq_ci(const char *a, const char *b, size_t n) {
-  return strncasecmp(a, b, n) == 0;
+/* a (any case) equals b (lower case) over n bytes; header names are
+ * tokens, so OR-ing 0x20 folds exactly the letters a lower-case b can
+ * match. */
+static inline bool eq_ci(const char *a, const char *b, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)(a[i] | 0x20) != (unsigned char)b[i] &&
+        a[i] != b[i])
+      return false;
+  return true;
 }
 
 static uint8_t kind_of(const char *n, size_t l) {
@@ -327,6 +408,29 @@ static uint8_t kind_of(const char *n, size_t l) {
   }
 }
 
+/* Whether a Connection list names any header besides Keep-Alive and
+ * Upgrade (hop-by-hop already): almost every one says only "keep-alive",
+ * "close" or "upgrade", and then no header needs to be looked up in it. */
+static bool conn_names_others(const char *v, size_t vl) {
+  size_t i = 0;
+  while (i < vl) {
+    while (i < vl && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+      i++;
+    size_t s = i;
+    while (i < vl && v[i] != ',')
+      i++;
+    size_t e = i;
+    while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
+      e--;
+    size_t n = e - s;
+    if (n && !(n == 5 && eq_ci(v + s, "close", 5)) &&
+        !(n == 10 && eq_ci(v + s, "keep-alive", 10)) &&
+        !(n == 7 && eq_ci(v + s, "upgrade", 7)))
+      return true;
+  }
+  return false;
+}
+
 /* Classifies every header of a complete head once, including those the
  * Connection header names (they are hop-by-hop too). */
 static void head_classify(head_t *h) {
@@ -341,6 +445,8 @@ static void head_classify(head_t *h) {
   if (h->first[K_CONN] < 0)
     return;
   const hdr_t *c = &h->h[h->first[K_CONN]];
+  if (!conn_names_others(h->b + c->v, c->vl))
+    return;
   for (size_t i = 0; i < h->nh; i++)
     if (h->kind[i] != K_HOP && h->kind[i] != K_CONN &&
         list_has(h->b + c->v, c->vl, h->b + h->h[i].n, h->h[i].nl))
@@ -361,14 +467,175 @@ static const char *head_kind(const head_t *h, int kind, size_t *len) {
   return h->b + h->h[i].v;
 }
 
-static bool name_eq(const char *name, size_t nl, const char *lower) {
-  size_t n = strlen(lower);
-  return nl == n && strncasecmp(name, lower, n) == 0;
+/* name (nl bytes, any case) equals the string s (any case). */
+static bool name_eq(const char *name, size_t nl, const char *s) {
+  return strncasecmp(name, s, nl) == 0 && s[nl] == 0;
 }
 
 /* ---- handles and lifetimes ---- */
 
 static void maybe_done_draining(sg_proxy_t *p);
+
+/* ---- deadlines ---- */
+
+static void deadline_fire(uv_timer_t *t) {
+  deadline_t *d = container_of(t, deadline_t, timer);
+  d->armed = 0;
+  if (!d->due)
+    return;
+  uint64_t now = uv_now(t->loop);
+  if (now < d->due) {
+    /* Moved on since the timer was armed. */
+    d->armed = d->due;
+    uv_timer_start(t, deadline_fire, d->due - now, 0);
+    return;
+  }
+  d->due = 0;
+  d->expired(t);
+}
+
+static void deadline_init(uv_loop_t *loop, deadline_t *d, void *owner,
+                          uv_timer_cb expired) {
+  uv_timer_init(loop, &d->timer);
+  d->timer.data = owner;
+  d->due = d->armed = 0;
+  d->expired = expired;
+}
+
+/* The deadline is ms from now (0: none). */
+static void deadline_set(deadline_t *d, uint32_t ms) {
+  if (!ms) {
+    d->due = 0;
+    return;
+  }
+  uint64_t due = uv_now(d->timer.loop) + ms;
+  d->due = due;
+  if (!d->armed || due < d->armed) {
+    d->armed = due;
+    uv_timer_start(&d->timer, deadline_fire, ms, 0);
+  }
+}
+
+static void deadline_clear(deadline_t *d) { d->due = 0; }
+
+/* ---- the pool ---- */
+
+static uint32_t backend_hash(const char *host, uint16_t port) {
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (const unsigned char *s = (const unsigned char *)host; *s; s++)
+    h = (h ^ *s) * 16777619u;
+  return (h ^ port) * 16777619u;
+}
+
+static backend_t *backend_find(const sg_proxy_t *p, const char *host,
+                               uint16_t port, uint32_t hash) {
+  if (!p->nbuckets)
+    return NULL;
+  for (backend_t *b = p->backends[hash & (p->nbuckets - 1)]; b; b = b->next)
+    if (b->hash == hash && b->port == port && strcmp(b->host, host) == 0)
+      return b;
+  return NULL;
+}
+
+/* Entries without idle connections stay (a busy backend's pool empties and
+ * fills all the time) until the table would have to grow: then they go
+ * first, and the table grows only if that did not make room. */
+static void backends_sweep(sg_proxy_t *p) {
+  for (size_t i = 0; i < p->nbuckets; i++)
+    for (backend_t **bp = &p->backends[i]; *bp;) {
+      backend_t *b = *bp;
+      if (b->nidle) {
+        bp = &b->next;
+        continue;
+      }
+      *bp = b->next;
+      free(b);
+      p->nbackends--;
+    }
+}
+
+static bool backends_grow(sg_proxy_t *p) {
+  size_t n = p->nbuckets ? p->nbuckets * 2 : 64;
+  backend_t **t = calloc(n, sizeof(*t));
+  if (!t)
+    return false;
+  for (size_t i = 0; i < p->nbuckets; i++)
+    for (backend_t *b = p->backends[i], *next; b; b = next) {
+      next = b->next;
+      b->next = t[b->hash & (n - 1)];
+      t[b->hash & (n - 1)] = b;
+    }
+  free(p->backends);
+  p->backends = t;
+  p->nbuckets = n;
+  return true;
+}
+
+/* The backend's pool entry, made when missing; NULL without memory. */
+static backend_t *backend_get(sg_proxy_t *p, const char *host, uint16_t port,
+                              uint32_t hash) {
+  backend_t *b = backend_find(p, host, port, hash);
+  if (b)
+    return b;
+  if (p->nbackends >= p->nbuckets) {
+    backends_sweep(p);
+    if (p->nbackends >= p->nbuckets / 2 && !backends_grow(p))
+      return NULL;
+  }
+  size_t hl = strlen(host);
+  b = malloc(sizeof(*b) + hl + 1);
+  if (!b)
+    return NULL;
+  b->hash = hash;
+  b->port = port;
+  b->idle = NULL;
+  b->nidle = 0;
+  memcpy(b->host, host, hl + 1);
+  b->next = p->backends[hash & (p->nbuckets - 1)];
+  p->backends[hash & (p->nbuckets - 1)] = b;
+  p->nbackends++;
+  return b;
+}
+
+static void pool_put(backend_t *b, upstream_t *u) {
+  u->be = b;
+  u->prev = NULL;
+  u->next = b->idle;
+  if (b->idle)
+    b->idle->prev = u;
+  b->idle = u;
+  b->nidle++;
+  u->p->pooled++;
+}
+
+static void pool_remove(upstream_t *u) {
+  backend_t *b = u->be;
+  if (u->prev)
+    u->prev->next = u->next;
+  else
+    b->idle = u->next;
+  if (u->next)
+    u->next->prev = u->prev;
+  b->nidle--;
+  u->p->pooled--;
+  u->be = NULL;
+  u->prev = u->next = NULL;
+}
+
+static void pool_close_all(sg_proxy_t *p);
+
+static void backends_free(sg_proxy_t *p) {
+  for (size_t i = 0; i < p->nbuckets; i++)
+    for (backend_t *b = p->backends[i], *next; b; b = next) {
+      next = b->next;
+      free(b);
+    }
+  free(p->backends);
+  p->backends = NULL;
+  p->nbuckets = p->nbackends = 0;
+}
+
+/* ---- closing ---- */
 
 static void on_client_closed(uv_handle_t *h) {
   client_t *c = h->data;
@@ -409,7 +676,7 @@ static void client_close(client_t *c) {
   sg_resolve_cancel(c->resolving);
   c->resolving = NULL;
   uv_close((uv_handle_t *)&c->tcp, on_client_closed);
-  uv_close((uv_handle_t *)&c->timer, on_client_closed);
+  uv_close((uv_handle_t *)&c->dl.timer, on_client_closed);
 }
 
 static void on_upstream_closed(uv_handle_t *h) {
@@ -424,16 +691,6 @@ static void on_upstream_closed(uv_handle_t *h) {
   maybe_done_draining(p);
 }
 
-static void pool_remove(upstream_t *u) {
-  sg_proxy_t *p = u->p;
-  for (upstream_t **pp = &p->pool; *pp; pp = &(*pp)->next)
-    if (*pp == u) {
-      *pp = u->next;
-      p->pooled--;
-      return;
-    }
-}
-
 static void upstream_close(upstream_t *u) {
   if (u->state == U_CLOSING)
     return;
@@ -445,7 +702,7 @@ static void upstream_close(upstream_t *u) {
     u->c = NULL;
   }
   uv_close((uv_handle_t *)&u->tcp, on_upstream_closed);
-  uv_close((uv_handle_t *)&u->timer, on_upstream_closed);
+  uv_close((uv_handle_t *)&u->dl.timer, on_upstream_closed);
 }
 
 static void on_client_shutdown(uv_shutdown_t *req, int status) {
@@ -469,7 +726,7 @@ static void client_end(client_t *c) {
   }
   uv_read_stop((uv_stream_t *)&c->tcp);
   c->reading = 0;
-  uv_timer_stop(&c->timer);
+  deadline_clear(&c->dl);
   uv_shutdown_t *req = malloc(sizeof(*req));
   if (!req) {
     client_close(c);
@@ -683,15 +940,6 @@ static void arm_up_timer(upstream_t *u, uint32_t ms);
 static void on_up_timeout(uv_timer_t *t) {
   upstream_t *u = t->data;
   client_t *c = u->c;
-  /* Idle timeouts are armed once and pushed back by a timestamp (an
-   * exchange moves bytes far more often than it times out). */
-  if (u->idle_ms && c) {
-    uint64_t quiet = uv_now(u->p->loop) - u->activity;
-    if (quiet < u->idle_ms) {
-      uv_timer_start(&u->timer, on_up_timeout, u->idle_ms - quiet, 0);
-      return;
-    }
-  }
   if (u->state == U_IDLE || !c) {
     upstream_close(u);
     return;
@@ -711,21 +959,12 @@ static void on_up_timeout(uv_timer_t *t) {
 }
 
 static void arm_up_timer(upstream_t *u, uint32_t ms) {
-  u->idle_ms = 0;
-  if (ms)
-    uv_timer_start(&u->timer, on_up_timeout, ms, 0);
-  else
-    uv_timer_stop(&u->timer);
+  deadline_set(&u->dl, ms);
 }
 
-/* Bytes moved on a busy exchange: the idle timeout starts over, without
- * touching the timer when it already is one. */
+/* Bytes moved on a busy exchange: the idle timeout starts over. */
 static void touch_up(upstream_t *u, uint32_t idle_ms) {
-  u->activity = uv_now(u->p->loop);
-  if (u->idle_ms != idle_ms) {
-    arm_up_timer(u, idle_ms);
-    u->idle_ms = idle_ms;
-  }
+  deadline_set(&u->dl, idle_ms);
 }
 
 /* Backend reads share one buffer per engine: a read is handled completely
@@ -878,7 +1117,8 @@ static int r_headers_complete(llhttp_t *hp) {
   head_classify(h);
   bool has_len = h->first[K_CLEN] >= 0;
   bool chunked_in = (hp->flags & F_CHUNKED) != 0;
-  sb_t s = {0};
+  sb_t s;
+  sb_take(p, &s);
   sb_add(&s, "HTTP/1.1 ", 9);
   sb_num(&s, (unsigned long)status, 10);
   sb_add(&s, " ", 1);
@@ -937,16 +1177,17 @@ static int r_headers_complete(llhttp_t *hp) {
   }
   if (informational || switching || no_body) {
     bool ok = to_client(c, s.b, s.len);
-    free(s.b);
+    spare_give(p, s.b, s.cap);
     if (!ok)
       return -1;
     if (switching)
       return 2; /* no body; the rest is the tunnel */
     return no_body ? 1 : 0;
   }
-  free(u->head_out);
+  spare_give(p, u->head_out, u->head_out_cap);
   u->head_out = s.b;
   u->head_out_len = s.len;
+  u->head_out_cap = s.cap;
   return 0;
 }
 
@@ -955,9 +1196,9 @@ static bool head_with(upstream_t *u, client_t *c, const char *a, size_t an,
                       const char *b, size_t bn) {
   bool ok = send_bytes((uv_stream_t *)&c->tcp, on_client_written, u->head_out,
                        u->head_out_len, a, an, b, bn);
-  free(u->head_out);
+  spare_give(u->p, u->head_out, u->head_out_cap);
   u->head_out = NULL;
-  u->head_out_len = 0;
+  u->head_out_len = u->head_out_cap = 0;
   return ok;
 }
 
@@ -1015,24 +1256,21 @@ static void exchange_done(client_t *c) {
     u->c = NULL;
     bool reusable = c->req_done && llhttp_should_keep_alive(&u->parser) &&
                     !p->draining && p->pooled < p->o.pool_max_per_backend * 64;
-    int same = 0;
-    for (upstream_t *x = p->pool; x; x = x->next)
-      same += strcmp(x->key, u->key) == 0;
-    if (reusable && same < p->o.pool_max_per_backend) {
+    backend_t *b =
+        reusable ? backend_get(p, u->host, u->port, u->hash) : NULL;
+    if (b && b->nidle < p->o.pool_max_per_backend) {
       u->state = U_IDLE;
       u->reused = 0;
-      u->next = p->pool;
-      p->pool = u;
-      p->pooled++;
+      pool_put(b, u);
       arm_up_timer(u, p->o.pool_idle_ms);
       upstream_resume_reading(u);
     } else {
       upstream_close(u);
     }
   }
-  free(c->out);
+  spare_give(p, c->out, c->out_cap);
   c->out = NULL;
-  c->out_len = 0;
+  c->out_len = c->out_cap = 0;
   if (!client_keeps) {
     client_end(c);
     return;
@@ -1043,11 +1281,9 @@ static void exchange_done(client_t *c) {
   c->retried = 0;
   c->pend_len = 0;
   head_reset(&c->head);
-  /* Idle until the next request's first byte (q_begin restarts the timer
-   * with the head deadline). */
-  uv_timer_start(&c->timer, on_client_timeout,
-                 p->o.keepalive_ms ? p->o.keepalive_ms : 60000,
-                 p->o.header_timeout_ms);
+  /* Idle until the next request's first byte (q_begin sets the head
+   * deadline). */
+  deadline_set(&c->dl, p->o.keepalive_ms ? p->o.keepalive_ms : 60000);
   client_resume_reading(c);
   parse_client(c);
 }
@@ -1055,10 +1291,6 @@ static void exchange_done(client_t *c) {
 /* ---- connecting ---- */
 
 static void on_connected(uv_connect_t *req, int status);
-
-static bool key_of(char *key, size_t n, const char *host, uint16_t port) {
-  return snprintf(key, n, "%s %u", host, port) < (int)n;
-}
 
 static void send_request(client_t *c, upstream_t *u) {
   sg_proxy_t *p = c->p;
@@ -1088,21 +1320,17 @@ static void send_request(client_t *c, upstream_t *u) {
 
 static void on_resolved(void *arg, int status,
                         const struct sockaddr_storage *addr);
-static void connect_addr(client_t *c, const char *key,
-                         const struct sockaddr_storage *addr);
+static void connect_addr(client_t *c, const struct sockaddr_storage *addr);
 
 /* A pooled connection to the backend, or a new one. */
 static void connect_backend(client_t *c) {
   sg_proxy_t *p = c->p;
-  char key[300];
-  key_of(key, sizeof(key), c->up_host, c->up_port);
+  c->up_hash = backend_hash(c->up_host, c->up_port);
   if (!c->retried) {
-    for (upstream_t **pp = &p->pool; *pp; pp = &(*pp)->next) {
-      upstream_t *u = *pp;
-      if (strcmp(u->key, key) != 0)
-        continue;
-      *pp = u->next;
-      p->pooled--;
+    backend_t *b = backend_find(p, c->up_host, c->up_port, c->up_hash);
+    if (b && b->idle) {
+      upstream_t *u = b->idle;
+      pool_remove(u);
       u->reused = 1;
       p->stats.upstream_reused++;
       send_request(c, u);
@@ -1121,7 +1349,7 @@ static void connect_backend(client_t *c) {
     send_error(c, 502, msg, false);
     return;
   }
-  connect_addr(c, key, &ss);
+  connect_addr(c, &ss);
 }
 
 static void on_resolved(void *arg, int status,
@@ -1135,13 +1363,10 @@ static void on_resolved(void *arg, int status,
     send_error(c, 502, msg, false);
     return;
   }
-  char key[300];
-  key_of(key, sizeof(key), c->up_host, c->up_port);
-  connect_addr(c, key, addr);
+  connect_addr(c, addr);
 }
 
-static void connect_addr(client_t *c, const char *key,
-                         const struct sockaddr_storage *addr) {
+static void connect_addr(client_t *c, const struct sockaddr_storage *addr) {
   sg_proxy_t *p = c->p;
   struct sockaddr_storage ss = *addr;
   upstream_t *u = calloc(1, sizeof(*u));
@@ -1151,10 +1376,12 @@ static void connect_addr(client_t *c, const char *key,
   }
   u->p = p;
   u->state = U_CONNECTING;
-  snprintf(u->key, sizeof(u->key), "%s", key);
+  memcpy(u->host, c->up_host, sizeof(u->host));
+  u->port = c->up_port;
+  u->hash = c->up_hash;
   uv_tcp_init(p->loop, &u->tcp);
-  uv_timer_init(p->loop, &u->timer);
-  u->tcp.data = u->timer.data = u->connect.data = u;
+  deadline_init(p->loop, &u->dl, u, on_up_timeout);
+  u->tcp.data = u->connect.data = u;
   u->handles = 2;
   p->handles++;
   uv_tcp_nodelay(&u->tcp, 1);
@@ -1277,6 +1504,8 @@ void sg_proxy_forward_headers(const sg_proxy_request_t *req,
   }
   const sg_proxy_header_t *conn =
       first[K_CONN] >= 0 ? &req->headers[first[K_CONN]] : NULL;
+  if (conn && !conn_names_others(conn->value, conn->value_len))
+    conn = NULL; /* names no header that is not dropped anyway */
 #define FIRST(k) (first[k] >= 0 ? &req->headers[first[k]] : NULL)
   const sg_proxy_header_t *host = FIRST(K_HOST), *xfp = FIRST(K_XFP),
                           *xfh = FIRST(K_XFH), *up = FIRST(K_UPGRADE);
@@ -1284,15 +1513,19 @@ void sg_proxy_forward_headers(const sg_proxy_request_t *req,
   if (rt->keep_host && host) {
     emit(ctx, "Host", 4, host->value, host->value_len);
   } else {
-    sb_t b = {0};
-    bool v6 = strchr(rt->host, ':') != NULL; /* an IPv6 literal */
-    sb_str(&b, v6 ? "[" : "");
-    sb_str(&b, rt->host);
-    sb_str(&b, v6 ? "]:" : ":");
-    sb_num(&b, rt->port, 10);
-    if (!b.oom)
-      emit(ctx, "Host", 4, b.b, b.len);
-    free(b.b);
+    /* host:port, [host]:port for an IPv6 literal */
+    char hp[sizeof(rt->host) + 32];
+    size_t hl = strlen(rt->host), hn = 0;
+    bool v6 = memchr(rt->host, ':', hl) != NULL;
+    if (v6)
+      hp[hn++] = '[';
+    memcpy(hp + hn, rt->host, hl);
+    hn += hl;
+    if (v6)
+      hp[hn++] = ']';
+    hp[hn++] = ':';
+    hn += fmt_num(hp + hn, rt->port, 10);
+    emit(ctx, "Host", 4, hp, hn);
   }
   for (size_t i = 0; i < n; i++) {
     const sg_proxy_header_t *x = &req->headers[i];
@@ -1308,17 +1541,20 @@ void sg_proxy_forward_headers(const sg_proxy_request_t *req,
   /* The client's X-Forwarded-* count only from a trusted proxy; anyone else
    * could claim any address. A trusted proxy's X-Forwarded-For lines are
    * all kept, in order. */
-  sb_t xff = {0};
-  if (trusted)
+  if (trusted && first[K_XFF] >= 0) {
+    sb_t xff = {0};
     for (size_t i = 0; i < n; i++)
       if (kind[i] == K_XFF && req->headers[i].value_len) {
         sb_add(&xff, req->headers[i].value, req->headers[i].value_len);
         sb_add(&xff, ", ", 2);
       }
-  sb_str(&xff, req->client_ip);
-  if (!xff.oom)
-    emit(ctx, "X-Forwarded-For", 15, xff.b, xff.len);
-  free(xff.b);
+    sb_str(&xff, req->client_ip);
+    if (!xff.oom)
+      emit(ctx, "X-Forwarded-For", 15, xff.b, xff.len);
+    free(xff.b);
+  } else {
+    emit_str(emit, ctx, "X-Forwarded-For", req->client_ip);
+  }
   if (trusted && xfp)
     emit(ctx, "X-Forwarded-Proto", 17, xfp->value, xfp->value_len);
   else
@@ -1361,32 +1597,30 @@ void sg_proxy_route(sg_proxy_route_cb route, void *ctx,
 
 static void add_header(void *ctx, const char *name, size_t nl,
                        const char *value, size_t vl) {
-  sb_t *s = ctx;
-  sb_add(s, name, nl);
-  sb_str(s, ": ");
-  sb_add(s, value, vl);
-  sb_str(s, "\r\n");
+  sb_header(ctx, name, nl, value, vl);
 }
 
 /* The request head for the backend, from the client's request and the
  * route. */
 static bool build_request(client_t *c, const sg_proxy_request_t *req,
                           const sg_proxy_route_t *rt) {
-  sb_t s = {0};
+  sb_t s;
+  sb_take(c->p, &s);
   sb_str(&s, req->method);
-  sb_str(&s, " ");
+  sb_add(&s, " ", 1);
   sb_str(&s, rt->path);
-  sb_str(&s, " HTTP/1.1\r\n");
-  sg_proxy_forward_headers(req, rt, sg_proxy_trusted(c->p->o.trusted, c->ip),
+  sb_add(&s, " HTTP/1.1\r\n", 11);
+  sg_proxy_forward_headers(req, rt, c->trusted,
                            c->req_chunked, c->upgrade, add_header, &s);
   sb_str(&s, "\r\n");
   if (s.oom) {
     free(s.b);
     return false;
   }
-  free(c->out);
+  spare_give(c->p, c->out, c->out_cap);
   c->out = s.b;
   c->out_len = s.len;
+  c->out_cap = s.cap;
   return true;
 }
 
@@ -1394,7 +1628,7 @@ static bool build_request(client_t *c, const sg_proxy_request_t *req,
 static int q_headers_complete(llhttp_t *hp) {
   client_t *c = hp->data;
   sg_proxy_t *p = c->p;
-  uv_timer_stop(&c->timer);
+  deadline_clear(&c->dl);
   p->stats.requests++;
   head_t *h = &c->head;
   c->http10 = hp->http_major == 1 && hp->http_minor == 0;
@@ -1452,7 +1686,7 @@ static int q_headers_complete(llhttp_t *hp) {
                !c->req_has_body && !c->upgrade);
     return c->state == C_CLOSING || c->ending ? HPE_PAUSED : 0;
   }
-  snprintf(c->up_host, sizeof(c->up_host), "%s", rt->host);
+  memcpy(c->up_host, rt->host, sizeof(c->up_host)); /* both NUL-ended */
   c->up_port = rt->port;
   if (!build_request(c, &req, rt)) {
     send_error(c, 502, "out of memory", false);
@@ -1487,7 +1721,7 @@ static int q_begin(llhttp_t *hp) {
   client_t *c = hp->data;
   head_reset(&c->head);
   if (c->p->o.header_timeout_ms)
-    uv_timer_again(&c->timer);
+    deadline_set(&c->dl, c->p->o.header_timeout_ms);
   return 0;
 }
 
@@ -1666,9 +1900,8 @@ static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     }
     return;
   }
-  if (c->state == C_HEAD && c->p->o.header_timeout_ms &&
-      !uv_is_active((uv_handle_t *)&c->timer))
-    uv_timer_start(&c->timer, on_client_timeout, c->p->o.header_timeout_ms, 0);
+  if (c->state == C_HEAD && c->p->o.header_timeout_ms && !c->dl.due)
+    deadline_set(&c->dl, c->p->o.header_timeout_ms);
   parse_client(c);
   if (c->state == C_CLOSING)
     return;
@@ -1700,15 +1933,15 @@ static void on_connection(uv_stream_t *server, int status) {
     return;
   c->p = p;
   uv_tcp_init(p->loop, &c->tcp);
-  uv_timer_init(p->loop, &c->timer);
-  c->tcp.data = c->timer.data = c;
+  deadline_init(p->loop, &c->dl, c, on_client_timeout);
+  c->tcp.data = c;
   c->handles = 2;
   p->handles++;
   p->stats.clients_open++;
   if (uv_accept(server, (uv_stream_t *)&c->tcp)) {
     c->state = C_CLOSING;
     uv_close((uv_handle_t *)&c->tcp, on_client_closed);
-    uv_close((uv_handle_t *)&c->timer, on_client_closed);
+    uv_close((uv_handle_t *)&c->dl.timer, on_client_closed);
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
@@ -1716,6 +1949,7 @@ static void on_connection(uv_stream_t *server, int status) {
   int len = sizeof(ss);
   if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
     sg_sockaddr_ip((struct sockaddr *)&ss, c->ip, sizeof(c->ip));
+  c->trusted = sg_proxy_trusted(p->o.trusted, c->ip);
   llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
   c->parser.data = c;
   c->next = p->clients;
@@ -1723,11 +1957,8 @@ static void on_connection(uv_stream_t *server, int status) {
     p->clients->prev = c;
   p->clients = c;
   c->state = C_HEAD;
-  uv_timer_start(
-      &c->timer, on_client_timeout,
-      p->o.header_timeout_ms ? p->o.header_timeout_ms : p->o.keepalive_ms, 0);
-  /* Later heads restart the timer from q_begin (uv_timer_again). */
-  uv_timer_set_repeat(&c->timer, p->o.header_timeout_ms);
+  deadline_set(&c->dl, p->o.header_timeout_ms ? p->o.header_timeout_ms
+                                               : p->o.keepalive_ms);
   client_resume_reading(c);
 }
 
@@ -1843,11 +2074,21 @@ static void maybe_done_draining(sg_proxy_t *p) {
   void (*done)(void *) = p->drain_done;
   void *arg = p->drain_arg;
   sg_resolver_close(p->resolver);
+  backends_free(p);
+  while (p->nspare)
+    free(p->spare[--p->nspare].b);
   free(p->rbuf);
   free(p->ubuf);
   free(p);
   if (done)
     done(arg);
+}
+
+static void pool_close_all(sg_proxy_t *p) {
+  for (size_t i = 0; i < p->nbuckets; i++)
+    for (backend_t *b = p->backends[i]; b; b = b->next)
+      while (b->idle)
+        upstream_close(b->idle);
 }
 
 static void on_drain_deadline(uv_timer_t *t) {
@@ -1868,8 +2109,7 @@ void sg_proxy_drain(sg_proxy_t *p, uint32_t deadline_ms,
   p->handles++;
   uv_timer_start(&p->drain_timer, on_drain_deadline, deadline_ms, 0);
   uv_close((uv_handle_t *)&p->listener, on_listener_closed);
-  while (p->pool)
-    upstream_close(p->pool);
+  pool_close_all(p);
   /* Idle clients go now; busy ones when their exchange ends. */
   client_t *c = p->clients;
   while (c) {
