@@ -23,8 +23,8 @@
 -- header mode are prebuilt tables (one per route key), and URI mode looks up the path's
 -- "<id>/port/<port>" slice in a second table, so a request costs one header lookup, or
 -- two plain finds, two subs and one table write.
-local find, sub, match, lower, tonumber, type, pairs, error =
-  string.find, string.sub, string.match, string.lower, tonumber, type, pairs, error
+local byte, find, sub, match, lower, tonumber, type, pairs, error =
+  string.byte, string.find, string.sub, string.match, string.lower, tonumber, type, pairs, error
 
 local M = {}
 
@@ -79,7 +79,8 @@ end
 
 function M.route(req)
   local path = req.path
-  if find(path, PREFIX, 1, true) == 1 then
+  -- byte 2 first: a header-mode path rarely starts with "/s", and a plain find would scan it all
+  if byte(path, 2) == 115 and find(path, PREFIX, 1, true) == 1 then
     -- /sandboxes/<id>/port/<port>[/<rest>]: e1 ends the id, e2 the port.
     local e1 = find(path, "/", PREFIX_LEN + 1, true)
     if not e1 then return NOT_FOUND end

@@ -206,7 +206,7 @@ end
 -- port, path, keep_host, set_headers ({name = value}), removed ({names}).
 function Ingress:route(desc)
   local r = M.request(desc)
-  return ingress_outcome(pcall(self.entry, r.method, r.target, r.client, r.headers))
+  return ingress_outcome(pcall(self.entry, ingress_host.request_args(r.method, r.target, r.client, r.headers)))
 end
 
 -- g:expect(description, expected): raises unless the route is as expected.
@@ -218,7 +218,7 @@ function Ingress:expect(desc, expected)
     error("sandgate.testing: expected must be a table {status = ...} or {host = ..., port = ...}", 2)
   end
   local r = M.request(desc)
-  local o = ingress_outcome(pcall(self.entry, r.method, r.target, r.client, r.headers))
+  local o = ingress_outcome(pcall(self.entry, ingress_host.request_args(r.method, r.target, r.client, r.headers)))
   local lines = cases.judge("ingress", expected, o)
   if lines then
     mismatch(r.method .. " " .. r.target, lines, o, function(x) return cjson.encode(x) end)

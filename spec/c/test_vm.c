@@ -1,9 +1,12 @@
 /* The Lua host: loading, verdicts, fail-closed errors, the time budget, the
  * memory cap and the sandbox, against real scripts written to a temp dir. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <uv.h>
 
 #include "script/vm.h"
 #include "sgtest.h"
@@ -478,6 +481,90 @@ static void verdict_source(void) {
   sg_vm_unref(vm);
 }
 
+/* The budget's watchdog: a call is cut off soon after its budget (50 ms
+ * here) and on whichever thread it runs; calls after a cut-off run with no
+ * hook left behind. */
+typedef struct {
+  sg_vm_t *vm;
+  sg_vm_status_t st;
+  uint64_t ms;
+} spin_arg_t;
+
+static void *spin_on_thread(void *arg) {
+  spin_arg_t *a = arg;
+  sg_vm_verdict_t v;
+  uint64_t t0 = uv_hrtime();
+  a->st = ask(a->vm, "spin", &v);
+  a->ms = (uv_hrtime() - t0) / 1000000u;
+  return NULL;
+}
+
+static void budget_watchdog_cuts_off_on_any_thread(void) {
+  char err[512];
+  sg_vm_t *vm = NULL, *vm2 = NULL;
+  const char *p = write_script(
+      "spin.lua", "return { decide = function(q)\n"
+                  "  if q.name == 'spin' then while true do end end\n"
+                  "  return 'allow' end }\n");
+  ASSERT_EQ(build(p, NULL, &vm, err, sizeof(err)), 0);
+  ASSERT_EQ(build(p, NULL, &vm2, err, sizeof(err)), 0);
+  sg_vm_verdict_t v;
+  uint64_t t0 = uv_hrtime();
+  ASSERT_EQ(ask(vm, "spin", &v), SG_VM_TIMEOUT);
+  uint64_t ms = (uv_hrtime() - t0) / 1000000u;
+  ASSERT(ms >= 50 && ms < 1000);
+  /* Two VMs spinning at once, one on another thread. */
+  spin_arg_t a = {vm2, SG_VM_OK, 0};
+  pthread_t t;
+  ASSERT_EQ(pthread_create(&t, NULL, spin_on_thread, &a), 0);
+  ASSERT_EQ(ask(vm, "spin", &v), SG_VM_TIMEOUT);
+  pthread_join(t, NULL);
+  ASSERT_EQ(a.st, SG_VM_TIMEOUT);
+  ASSERT(a.ms >= 50 && a.ms < 1000);
+  /* No hook stays behind: many quick calls, all allowed. */
+  for (int i = 0; i < 20000; i++) {
+    ASSERT_EQ(ask(vm, "ok", &v), SG_VM_OK);
+    ASSERT_EQ(v.allow, 1);
+  }
+  sg_vm_unref(vm);
+  sg_vm_unref(vm2);
+}
+
+/* What a routing script sees of a request, built in C: header names in
+ * lower case with repeats joined in order, the target split at its first
+ * '?' (the same as request_args in lua/sandgate/ingress/host.lua). */
+static void route_request_as_scripts_see_it(void) {
+  char err[512];
+  const char *p = write_script(
+      "seen.lua",
+      "return { route = function(req)\n"
+      "  return { status = 400, message = req.headers['x-multi'] .. '|' ..\n"
+      "    req.host .. '|' .. req.path .. '|' .. tostring(req.query) .. '|' ..\n"
+      "    req.method .. '|' .. req.client .. '|' .. tostring(req.headers.X) }\n"
+      "end }\n");
+  sg_vm_opts_t o = {.data_dir = SG_DATA_DIR, .script_path = p,
+                    .mem_limit = 16u << 20, .call_budget_ms = 50,
+                    .load_budget_ms = 500};
+  sg_vm_t *vm = NULL;
+  ASSERT_EQ(sg_vm_new_ingress(&o, NULL, &vm, err, sizeof(err)), 0);
+  sg_proxy_header_t h[] = {
+      {"X-Multi", "1", 7, 1}, {"HOST", "gw:80", 4, 5},
+      {"x-MULTI", "2", 7, 1}, {"X-Multi", "", 7, 0}};
+  sg_proxy_request_t req = {.method = "POST", .target = "/a%2Fb?x=1?y",
+                            .target_len = 12, .client_ip = "10.0.0.9",
+                            .headers = h, .nheaders = 4};
+  sg_proxy_route_t out;
+  sg_vm_route(vm, &req, &out);
+  ASSERT_EQ(out.status, 400);
+  ASSERT_STREQ(out.message, "1, 2, |gw:80|/a%2Fb|x=1?y|POST|10.0.0.9|nil");
+  req.target = "/p";
+  req.target_len = 2;
+  req.nheaders = 2;
+  sg_vm_route(vm, &req, &out);
+  ASSERT_STREQ(out.message, "1|gw:80|/p|nil|POST|10.0.0.9|nil");
+  sg_vm_unref(vm);
+}
+
 static const sg_test_case_t cases[] = {
     {"shipped_policy_decides", shipped_policy_decides},
     {"invalid_policy_names_the_problem", invalid_policy_names_the_problem},
@@ -485,6 +572,9 @@ static const sg_test_case_t cases[] = {
     {"decide_error_fails_closed", decide_error_fails_closed},
     {"endless_loop_is_cut_off", endless_loop_is_cut_off},
     {"endless_loop_at_load_is_refused", endless_loop_at_load_is_refused},
+    {"route_request_as_scripts_see_it", route_request_as_scripts_see_it},
+    {"budget_watchdog_cuts_off_on_any_thread",
+     budget_watchdog_cuts_off_on_any_thread},
     {"memory_bomb_is_capped", memory_bomb_is_capped},
     {"memory_held_at_cap_does_not_abort", memory_held_at_cap_does_not_abort},
     {"sandbox_blocks_escapes", sandbox_blocks_escapes},

@@ -33,9 +33,12 @@
 --                hook taken from a shipped module, such as the shipped
 --                scripts' route.new(...).hook, runs compiled.
 --
--- The entry: entry(method, target, client_ip, headers) where headers is the
--- flat array { name1, value1, name2, value2, ... } as received, returns
--- either
+-- The entry: entry(method, target, client_ip, headers, path, query) where
+-- headers maps lower-case names to values (repeats joined with ", " in
+-- order) and path and query are the target split at its first '?' (query
+-- nil without one): the C core builds them (see push_headers in
+-- core/script/vm.c), request_args below does the same from a flat header
+-- array { name1, value1, ... }. It returns either
 --   status, message                         (status >= 400: reply with it)
 -- or
 --   0, host, port, path, set_headers, remove_headers, keep_host, sandbox
@@ -57,11 +60,6 @@ local type, tostring, error, pcall, pairs, next =
   type, tostring, error, pcall, pairs, next
 local byte, lower, find, sub, format = string.byte, string.lower, string.find, string.sub, string.format
 local floor = math.floor
-
-local has_clear, clear = pcall(require, "table.clear")
-if not has_clear then
-  clear = function(t) for k in pairs(t) do t[k] = nil end end
-end
 
 local NULL = cjson.null
 local quote = require("sandgate.rules").quote
@@ -187,8 +185,7 @@ end
 -- table, its headers and the two header arrays handed to C are reused from
 -- call to call.
 local function ingress_entry(route_hook)
-  local headers = {}
-  local req = { method = "", target = "", path = "", query = nil, headers = headers,
+  local req = { method = "", target = "", path = "", query = nil, headers = nil,
                 host = nil, client = "" }
   local set_flat, nset = {}, 0
   local remove_flat, nremove = {}, 0
@@ -292,30 +289,32 @@ local function ingress_entry(route_hook)
     return 0, h, port, path, set, remove, r.keep_host and true or false, sandbox
   end
 
-  return function(method, target, client, hdrs)
-    clear(headers)
-    for i = 1, #hdrs - 1, 2 do
-      local name, value = lower(hdrs[i]), hdrs[i + 1]
-      local old = headers[name]
-      if old == nil then
-        headers[name] = value
-      else
-        headers[name] = old .. ", " .. value
-      end
-    end
-    req.method, req.target, req.client, req.host = method, target, client, headers.host
-    local q = find(target, "?", 1, true)
-    if q then
-      req.path, req.query = sub(target, 1, q - 1), sub(target, q + 1)
-    else
-      req.path, req.query = target, nil
-    end
+  return function(method, target, client, headers, path, query)
+    req.method, req.target, req.client = method, target, client
+    req.headers, req.host, req.path, req.query = headers, headers.host, path, query
     local ok, r = pcall(route_hook, req)
     if not ok then
       return 500, "routing script failed: " .. tostring(r)
     end
     return answer(r)
   end
+end
+
+-- The entry's arguments from a request with its headers as a flat array
+-- { name1, value1, ... } in the order received: what the C core passes
+-- (sandgate.testing calls the entry through this).
+function M.request_args(method, target, client, flat)
+  local headers = {}
+  for i = 1, #flat - 1, 2 do
+    local name, value = lower(flat[i]), flat[i + 1]
+    local old = headers[name]
+    headers[name] = old == nil and value or old .. ", " .. value
+  end
+  local q = find(target, "?", 1, true)
+  if q then
+    return method, target, client, headers, sub(target, 1, q - 1), sub(target, q + 1)
+  end
+  return method, target, client, headers, target, nil
 end
 
 -- Loads a routing script with its config and returns the entry point (see

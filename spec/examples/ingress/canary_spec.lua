@@ -28,7 +28,7 @@ end
 
 -- host, sandbox and removed headers of one request.
 local function call(e, client, headers)
-  local r = { e("GET", "/x?y", client, headers) }
+  local r = { e(ingress.request_args("GET", "/x?y", client, headers)) }
   if r[1] ~= 0 then return r[1], r[2] end
   local removed = {}
   for i, v in ipairs(r[6]) do removed[i] = v end

@@ -1,6 +1,6 @@
 -- The shipped URI-mode script, loaded and called exactly as the C core
 -- does: sandgate.ingress.host.ingress(src, chunkname, cfg_json), then
--- entry(method, target, client, flat headers).
+-- entry(...) with the arguments request_args makes of a flat header array.
 local ingress = require "sandgate.ingress.host"
 local support = require "support.policy"
 local cjson = require "cjson"
@@ -36,7 +36,7 @@ local function entry(overrides)
 end
 
 local function call(e, target, headers)
-  local out = { e("GET", target, "10.9.8.7", headers or {}) }
+  local out = { e(ingress.request_args("GET", target, "10.9.8.7", headers or {})) }
   for i, v in ipairs(out) do
     if type(v) == "table" then
       local t = {}

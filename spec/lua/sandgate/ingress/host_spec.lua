@@ -5,9 +5,14 @@ local ALWAYS = { "opensandbox-ingress-to", "open-sandbox-ingress", "opensandbox-
                  "opensandbox-access-renew" }
 
 -- Loads a script given as source text; returns the entry point.
+-- The entry takes the request as the C core gives it (headers by lower-case
+-- name, path, query); these specs give a flat header array, turned into
+-- that by request_args as sandgate.testing does.
 local function load(src, cfg)
   local entry = ingress.ingress(src, "@test.lua", cfg and cjson.encode(cfg) or nil)
-  return entry
+  return function(method, target, client, flat)
+    return entry(ingress.request_args(method, target, client, flat))
+  end
 end
 
 local function load_error(src, cfg_json)
