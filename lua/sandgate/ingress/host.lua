@@ -182,8 +182,8 @@ local function bad(what)
 end
 
 -- Builds the per-request entry around the script's route hook. The request
--- table, its headers and the two header arrays handed to C are reused from
--- call to call.
+-- table and the two header arrays handed to C are reused from call to call
+-- (the headers table comes from the caller).
 local function ingress_entry(route_hook)
   local req = { method = "", target = "", path = "", query = nil, headers = nil,
                 host = nil, client = "" }
