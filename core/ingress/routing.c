@@ -96,24 +96,6 @@ static const char *find(const sg_proxy_request_t *req, const char *name,
   return NULL;
 }
 
-/* Whether a comma list names token (case-insensitive). */
-static int lists(const char *v, size_t vl, const char *token) {
-  size_t tl = strlen(token), i = 0;
-  while (i < vl) {
-    while (i < vl && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-      i++;
-    size_t s = i;
-    while (i < vl && v[i] != ',')
-      i++;
-    size_t e = i;
-    while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
-      e--;
-    if (e - s == tl && strncasecmp(v + s, token, tl) == 0)
-      return 1;
-  }
-  return 0;
-}
-
 void sg_ingress_framing(const sg_proxy_request_t *req, int *chunked,
                         int *upgrade) {
   size_t tl = 0, cl = 0, ul = 0;
@@ -125,7 +107,8 @@ void sg_ingress_framing(const sg_proxy_request_t *req, int *chunked,
       tl--;
     *chunked = tl >= 7 && strncasecmp(te + tl - 7, "chunked", 7) == 0;
   }
-  *upgrade = conn && lists(conn, cl, "upgrade") && find(req, "upgrade", &ul);
+  *upgrade = conn && sg_proxy_list_has(conn, cl, "upgrade", 7) &&
+             find(req, "upgrade", &ul);
 }
 
 typedef struct {

@@ -93,11 +93,11 @@ struct upstream {
   uint16_t port;
   uint32_t hash;
   int state;
-  int reused; /* taken from the pool */
-  int got_bytes;     /* a byte of the response arrived */
-  int chunk_out;     /* the client gets the body re-chunked */
-  int close_after;   /* the client connection ends with this response */
-  int done;          /* the response is complete (set inside the parser) */
+  int reused;      /* taken from the pool */
+  int got_bytes;   /* a byte of the response arrived */
+  int chunk_out;   /* the client gets the body re-chunked */
+  int close_after; /* the client connection ends with this response */
+  int done;        /* the response is complete (set inside the parser) */
   /* The response head for the client, held back so that it goes out in
    * one write with the first body bytes. */
   char *head_out;
@@ -353,21 +353,29 @@ static int head_value(head_t *h, size_t max, const char *at, size_t n) {
   return 0;
 }
 
-/* Does a comma list (a Connection header) name `token`? */
-static bool list_has(const char *v, size_t vl, const char *token, size_t tl) {
-  size_t i = 0;
-  while (i < vl) {
-    while (i < vl && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-      i++;
-    size_t s = i;
-    while (i < vl && v[i] != ',')
-      i++;
-    size_t e = i;
-    while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
-      e--;
-    if (e - s == tl && strncasecmp(v + s, token, tl) == 0)
+/* The next element of a comma list from *i on, without the blanks around
+ * it: its start, and its length in *n (0 for an empty element); NULL at the
+ * end of the list. */
+static const char *list_next(const char *v, size_t vl, size_t *i, size_t *n) {
+  while (*i < vl && (v[*i] == ' ' || v[*i] == '\t' || v[*i] == ','))
+    (*i)++;
+  if (*i >= vl)
+    return NULL;
+  size_t s = *i;
+  while (*i < vl && v[*i] != ',')
+    (*i)++;
+  size_t e = *i;
+  while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
+    e--;
+  *n = e - s;
+  return v + s;
+}
+
+bool sg_proxy_list_has(const char *v, size_t vl, const char *token, size_t tl) {
+  size_t i = 0, n;
+  for (const char *t; (t = list_next(v, vl, &i, &n));)
+    if (n == tl && strncasecmp(t, token, tl) == 0)
       return true;
-  }
   return false;
 }
 
@@ -376,8 +384,7 @@ static bool list_has(const char *v, size_t vl, const char *token, size_t tl) {
  * match. */
 static inline bool eq_ci(const char *a, const char *b, size_t n) {
   for (size_t i = 0; i < n; i++)
-    if ((unsigned char)(a[i] | 0x20) != (unsigned char)b[i] &&
-        a[i] != b[i])
+    if ((unsigned char)(a[i] | 0x20) != (unsigned char)b[i] && a[i] != b[i])
       return false;
   return true;
 }
@@ -412,22 +419,12 @@ static uint8_t kind_of(const char *n, size_t l) {
  * Upgrade (hop-by-hop already): almost every one says only "keep-alive",
  * "close" or "upgrade", and then no header needs to be looked up in it. */
 static bool conn_names_others(const char *v, size_t vl) {
-  size_t i = 0;
-  while (i < vl) {
-    while (i < vl && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-      i++;
-    size_t s = i;
-    while (i < vl && v[i] != ',')
-      i++;
-    size_t e = i;
-    while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
-      e--;
-    size_t n = e - s;
-    if (n && !(n == 5 && eq_ci(v + s, "close", 5)) &&
-        !(n == 10 && eq_ci(v + s, "keep-alive", 10)) &&
-        !(n == 7 && eq_ci(v + s, "upgrade", 7)))
+  size_t i = 0, n;
+  for (const char *t; (t = list_next(v, vl, &i, &n));)
+    if (n && !(n == 5 && eq_ci(t, "close", 5)) &&
+        !(n == 10 && eq_ci(t, "keep-alive", 10)) &&
+        !(n == 7 && eq_ci(t, "upgrade", 7)))
       return true;
-  }
   return false;
 }
 
@@ -449,7 +446,7 @@ static void head_classify(head_t *h) {
     return;
   for (size_t i = 0; i < h->nh; i++)
     if (h->kind[i] != K_HOP && h->kind[i] != K_CONN &&
-        list_has(h->b + c->v, c->vl, h->b + h->h[i].n, h->h[i].nl))
+        sg_proxy_list_has(h->b + c->v, c->vl, h->b + h->h[i].n, h->h[i].nl))
       h->kind[i] = K_HOP;
 }
 
@@ -516,7 +513,9 @@ static void deadline_set(deadline_t *d, uint32_t ms) {
   }
 }
 
-static void deadline_clear(deadline_t *d) { d->due = 0; }
+static void deadline_clear(deadline_t *d) {
+  d->due = 0;
+}
 
 /* ---- the pool ---- */
 
@@ -1256,8 +1255,7 @@ static void exchange_done(client_t *c) {
     u->c = NULL;
     bool reusable = c->req_done && llhttp_should_keep_alive(&u->parser) &&
                     !p->draining && p->pooled < p->o.pool_max_per_backend * 64;
-    backend_t *b =
-        reusable ? backend_get(p, u->host, u->port, u->hash) : NULL;
+    backend_t *b = reusable ? backend_get(p, u->host, u->port, u->hash) : NULL;
     if (b && b->nidle < p->o.pool_max_per_backend) {
       u->state = U_IDLE;
       u->reused = 0;
@@ -1532,8 +1530,8 @@ void sg_proxy_forward_headers(const sg_proxy_request_t *req,
     uint8_t k = kind[i];
     if (k == K_HOP || k == K_UPGRADE || k == K_CONN || k == K_HOST ||
         k == K_XFF || k == K_XFP || k == K_XFH ||
-        (conn &&
-         list_has(conn->value, conn->value_len, x->name, x->name_len)) ||
+        (conn && sg_proxy_list_has(conn->value, conn->value_len, x->name,
+                                   x->name_len)) ||
         route_drops(rt, x->name, x->name_len))
       continue;
     emit(ctx, x->name, x->name_len, x->value, x->value_len);
@@ -1610,8 +1608,8 @@ static bool build_request(client_t *c, const sg_proxy_request_t *req,
   sb_add(&s, " ", 1);
   sb_str(&s, rt->path);
   sb_add(&s, " HTTP/1.1\r\n", 11);
-  sg_proxy_forward_headers(req, rt, c->trusted,
-                           c->req_chunked, c->upgrade, add_header, &s);
+  sg_proxy_forward_headers(req, rt, c->trusted, c->req_chunked, c->upgrade,
+                           add_header, &s);
   sb_str(&s, "\r\n");
   if (s.oom) {
     free(s.b);
@@ -1958,7 +1956,7 @@ static void on_connection(uv_stream_t *server, int status) {
   p->clients = c;
   c->state = C_HEAD;
   deadline_set(&c->dl, p->o.header_timeout_ms ? p->o.header_timeout_ms
-                                               : p->o.keepalive_ms);
+                                              : p->o.keepalive_ms);
   client_resume_reading(c);
 }
 

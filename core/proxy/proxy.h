@@ -39,15 +39,15 @@ typedef struct {
 /* The route callback's answer. Strings are copied by the callback into the
  * buffers given. */
 typedef struct {
-  int status;         /* 0: forward; >= 400: answer with this status */
-  char message[512];  /* error body after the engine's error prefix */
+  int status;        /* 0: forward; >= 400: answer with this status */
+  char message[512]; /* error body after the engine's error prefix */
   /* With a content type, message is the whole body as is (no prefix, no
    * newline): a JSON error, for example. */
   char content_type[64];
-  char host[256];     /* backend: an IP address or a DNS name */
+  char host[256]; /* backend: an IP address or a DNS name */
   uint16_t port;
-  char path[8192];    /* the request-target sent to the backend */
-  int keep_host;      /* forward the client's Host unchanged */
+  char path[8192]; /* the request-target sent to the backend */
+  int keep_host;   /* forward the client's Host unchanged */
   int nset;
   char set_name[SG_PROXY_MAX_SET_HEADERS][64];
   char set_value[SG_PROXY_MAX_SET_HEADERS][512];
@@ -64,7 +64,7 @@ typedef struct {
   int reuseport;
   sg_proxy_route_cb route;
   void *route_ctx;
-  const char *error_prefix;    /* "OpenSandbox Ingress: " */
+  const char *error_prefix; /* "OpenSandbox Ingress: " */
   /* The engine's own errors (502, 504, 431, 400) say only their reason
    * phrase ("Bad Gateway"), as Go's http.Error does in execd's proxy. */
   int plain_errors;
@@ -73,11 +73,11 @@ typedef struct {
   uint32_t header_timeout_ms;  /* a request head must arrive within this */
   uint32_t connect_timeout_ms; /* backend connect */
   uint32_t first_byte_timeout_ms;
-  uint32_t idle_timeout_ms;    /* no byte either way on a busy exchange */
-  uint32_t keepalive_ms;       /* idle client connections */
-  uint32_t pool_idle_ms;       /* idle backend connections */
+  uint32_t idle_timeout_ms; /* no byte either way on a busy exchange */
+  uint32_t keepalive_ms;    /* idle client connections */
+  uint32_t pool_idle_ms;    /* idle backend connections */
   int pool_max_per_backend;
-  size_t max_header_bytes;     /* beyond: 431 */
+  size_t max_header_bytes; /* beyond: 431 */
 } sg_proxy_opts_t;
 
 typedef struct {
@@ -98,6 +98,10 @@ void sg_proxy_route(sg_proxy_route_cb route, void *ctx,
 /* Whether the client at ip is a trusted proxy (its X-Forwarded-* values are
  * kept): trusted is the [IPv4, IPv6] pair of sg_proxy_opts_t, or NULL. */
 bool sg_proxy_trusted(const sg_ipset_t *trusted, const char *ip);
+
+/* Whether a comma list (a Connection header's value) names token, case
+ * insensitively. */
+bool sg_proxy_list_has(const char *v, size_t vl, const char *token, size_t tl);
 
 typedef void (*sg_proxy_header_cb)(void *ctx, const char *name, size_t nlen,
                                    const char *value, size_t vlen);

@@ -1,11 +1,11 @@
 #include "script/vm.h"
 
 #include <errno.h>
+#include <openssl/sha.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
-#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,8 +174,7 @@ static int vm_call(sg_vm_t *vm, int nargs, int nres, uint32_t budget_ms) {
   vm->timed_out = 0;
   vm->thread = pthread_self();
   atomic_store(&vm->signalled, 0);
-  atomic_store(&vm->deadline_ns,
-               uv_hrtime() + (uint64_t)budget_ms * 1000000u);
+  atomic_store(&vm->deadline_ns, uv_hrtime() + (uint64_t)budget_ms * 1000000u);
   tls_running = vm;
   vm->enforce = 1;
   int rc = lua_pcall(vm->L, nargs, nres, 0);

@@ -539,20 +539,28 @@ static void route_request_as_scripts_see_it(void) {
       "seen.lua",
       "return { route = function(req)\n"
       "  return { status = 400, message = req.headers['x-multi'] .. '|' ..\n"
-      "    req.host .. '|' .. req.path .. '|' .. tostring(req.query) .. '|' ..\n"
-      "    req.method .. '|' .. req.client .. '|' .. tostring(req.headers.X) }\n"
+      "    req.host .. '|' .. req.path .. '|' .. tostring(req.query) .. '|' "
+      "..\n"
+      "    req.method .. '|' .. req.client .. '|' .. tostring(req.headers.X) "
+      "}\n"
       "end }\n");
-  sg_vm_opts_t o = {.data_dir = SG_DATA_DIR, .script_path = p,
-                    .mem_limit = 16u << 20, .call_budget_ms = 50,
+  sg_vm_opts_t o = {.data_dir = SG_DATA_DIR,
+                    .script_path = p,
+                    .mem_limit = 16u << 20,
+                    .call_budget_ms = 50,
                     .load_budget_ms = 500};
   sg_vm_t *vm = NULL;
   ASSERT_EQ(sg_vm_new_ingress(&o, NULL, &vm, err, sizeof(err)), 0);
-  sg_proxy_header_t h[] = {
-      {"X-Multi", "1", 7, 1}, {"HOST", "gw:80", 4, 5},
-      {"x-MULTI", "2", 7, 1}, {"X-Multi", "", 7, 0}};
-  sg_proxy_request_t req = {.method = "POST", .target = "/a%2Fb?x=1?y",
-                            .target_len = 12, .client_ip = "10.0.0.9",
-                            .headers = h, .nheaders = 4};
+  sg_proxy_header_t h[] = {{"X-Multi", "1", 7, 1},
+                           {"HOST", "gw:80", 4, 5},
+                           {"x-MULTI", "2", 7, 1},
+                           {"X-Multi", "", 7, 0}};
+  sg_proxy_request_t req = {.method = "POST",
+                            .target = "/a%2Fb?x=1?y",
+                            .target_len = 12,
+                            .client_ip = "10.0.0.9",
+                            .headers = h,
+                            .nheaders = 4};
   sg_proxy_route_t out;
   sg_vm_route(vm, &req, &out);
   ASSERT_EQ(out.status, 400);
