@@ -470,40 +470,63 @@ static int script_source(const sg_vm_opts_t *o, const char **src, size_t *len,
   return 0;
 }
 
-/* The chunk name errors show: "@" and the script's path. */
-static void chunk_name(const sg_vm_opts_t *o, char *buf, size_t cap) {
-  snprintf(buf, cap, "@%s",
+/* A script being loaded: its source and the chunk name its errors show
+ * ("@" and the script's path). */
+typedef struct {
+  const char *src;
+  size_t len;
+  char *owned; /* the source, when read from the file */
+  char name[1024];
+  uint32_t load_budget;
+} script_t;
+
+/* The script's source and a new VM with sandgate.host on top of its stack:
+ * the start of every load. On failure there is nothing to free. */
+static int vm_open_script(const sg_vm_opts_t *o, sg_vm_t **vm, script_t *s,
+                          char *err, size_t errlen) {
+  int rc = script_source(o, &s->src, &s->len, &s->owned, err, errlen);
+  if (rc)
+    return rc;
+  rc = vm_open(o, vm, &s->load_budget, err, errlen);
+  if (rc) {
+    free(s->owned);
+    s->owned = NULL;
+    return rc;
+  }
+  snprintf(s->name, sizeof(s->name), "@%s",
            o->script_path ? o->script_path : "(uploaded script)");
+  return 0;
+}
+
+/* The end of a load that succeeded: the entry function (on top) stays at
+ * stack index 1 for the VM's life, so a call pushes no registry lookup.
+ * Loading leaves garbage behind (the decoded document, temporaries):
+ * collect it now, and keep the GC pause low so that the few short strings
+ * each call leaves behind never let the heap double before a cycle. */
+static void vm_loaded(sg_vm_t *vm) {
+  lua_State *L = vm->L;
+  lua_replace(L, 1);
+  lua_settop(L, 1);
+  lua_gc(L, LUA_GCCOLLECT, 0);
+  lua_gc(L, LUA_GCCOLLECT, 0);
+  lua_gc(L, LUA_GCSETPAUSE, 120);
 }
 
 int sg_vm_new_egress(const sg_vm_opts_t *o, sg_vm_t **out, char *err,
                      size_t errlen) {
-  char *owned_src;
-  const char *src;
-  size_t src_len;
-  int rc = script_source(o, &src, &src_len, &owned_src, err, errlen);
+  sg_vm_t *vm;
+  script_t sc;
+  int rc = vm_open_script(o, &vm, &sc, err, errlen);
   if (rc)
     return rc;
-
-  sg_vm_t *vm;
-  uint32_t load_budget;
-  rc = vm_open(o, &vm, &load_budget, err, errlen);
-  if (rc) {
-    free(owned_src);
-    return rc;
-  }
   lua_State *L = vm->L;
   int host = lua_gettop(L);
   rc = -EINVAL;
-  char chunkname[1024];
-  chunk_name(o, chunkname, sizeof(chunkname));
 
-  /* host.egress(src, name, doc, always, want_statics) -> entry, statics.
-   * The entry function stays at stack index 1 for the VM's life, so a
-   * query pushes no registry lookups. */
+  /* host.egress(src, name, doc, always, want_statics) -> entry, statics */
   lua_getfield(L, host, "egress");
-  lua_pushlstring(L, src, src_len);
-  lua_pushstring(L, chunkname);
+  lua_pushlstring(L, sc.src, sc.len);
+  lua_pushstring(L, sc.name);
   if (o->policy_json)
     lua_pushlstring(L, o->policy_json, o->policy_len);
   else
@@ -524,59 +547,42 @@ int sg_vm_new_egress(const sg_vm_opts_t *o, sg_vm_t **out, char *err,
     lua_settable(L, -3);
   }
   lua_pushboolean(L, o->want_statics);
-  if (call_bounded(vm, 5, 2, load_budget, err, errlen))
+  if (call_bounded(vm, 5, 2, sc.load_budget, err, errlen))
     goto fail;
   if (o->want_statics) {
     vm->has_statics = 1;
     sg_nft_static_init(&vm->statics);
-    if ((rc = read_statics(L, lua_gettop(L), &vm->statics, chunkname + 1, err,
+    if ((rc = read_statics(L, lua_gettop(L), &vm->statics, sc.name + 1, err,
                            errlen)))
       goto fail;
     rc = -EINVAL;
   }
   lua_pop(L, 1);
-  lua_replace(L, 1);
-  lua_settop(L, 1);
-  /* Loading leaves garbage behind (the decoded document, temporaries):
-   * collect it now, and keep the GC pause low so that the few short strings
-   * each query leaves behind never let the heap double before a cycle. */
-  lua_gc(L, LUA_GCCOLLECT, 0);
-  lua_gc(L, LUA_GCCOLLECT, 0);
-  lua_gc(L, LUA_GCSETPAUSE, 120);
-  free(owned_src);
+  vm_loaded(vm);
+  free(sc.owned);
   *out = vm;
   return 0;
 
 fail:
-  free(owned_src);
+  free(sc.owned);
   vm_free(vm);
   return rc;
 }
 
 int sg_vm_script_kind(const sg_vm_opts_t *o, sg_vm_kind_t *kind, char *err,
                       size_t errlen) {
-  char *owned_src;
-  const char *src;
-  size_t src_len;
-  int rc = script_source(o, &src, &src_len, &owned_src, err, errlen);
+  sg_vm_t *vm;
+  script_t sc;
+  int rc = vm_open_script(o, &vm, &sc, err, errlen);
   if (rc)
     return rc;
-  sg_vm_t *vm;
-  uint32_t load_budget;
-  rc = vm_open(o, &vm, &load_budget, err, errlen);
-  if (rc) {
-    free(owned_src);
-    return rc;
-  }
   lua_State *L = vm->L;
-  char chunkname[1024];
-  chunk_name(o, chunkname, sizeof(chunkname));
   /* host.kind(src, name) -> "egress" | "ingress" | nil, why */
   lua_getfield(L, -1, "kind");
-  lua_pushlstring(L, src, src_len);
-  lua_pushstring(L, chunkname);
-  rc = call_bounded(vm, 2, 2, load_budget, err, errlen);
-  free(owned_src);
+  lua_pushlstring(L, sc.src, sc.len);
+  lua_pushstring(L, sc.name);
+  rc = call_bounded(vm, 2, 2, sc.load_budget, err, errlen);
+  free(sc.owned);
   if (!rc) {
     const char *k = lua_tostring(L, -2);
     if (k && strcmp(k, "egress") == 0) {
@@ -697,46 +703,32 @@ sg_vm_status_t sg_vm_decide(sg_vm_t *vm, const sg_vm_query_t *q,
 
 int sg_vm_new_ingress(const sg_vm_opts_t *o, const char *cfg_json,
                       sg_vm_t **out, char *err, size_t errlen) {
-  char *owned_src;
-  const char *src;
-  size_t src_len;
-  int rc = script_source(o, &src, &src_len, &owned_src, err, errlen);
+  sg_vm_t *vm;
+  script_t sc;
+  int rc = vm_open_script(o, &vm, &sc, err, errlen);
   if (rc)
     return rc;
-  sg_vm_t *vm;
-  uint32_t load_budget;
-  rc = vm_open(o, &vm, &load_budget, err, errlen);
-  if (rc) {
-    free(owned_src);
-    return rc;
-  }
   lua_State *L = vm->L;
-  char chunkname[1024];
-  chunk_name(o, chunkname, sizeof(chunkname));
-  /* require("sandgate.ingress.host").ingress(src, name, cfg) -> entry, kept
-   * at stack index 1. */
+  /* require("sandgate.ingress.host").ingress(src, name, cfg) -> entry */
   lua_settop(L, 0);
   lua_getglobal(L, "require");
   lua_pushstring(L, "sandgate.ingress.host");
-  rc = call_bounded(vm, 1, 1, load_budget, err, errlen);
+  rc = call_bounded(vm, 1, 1, sc.load_budget, err, errlen);
   if (!rc) {
     lua_getfield(L, -1, "ingress");
-    lua_pushlstring(L, src, src_len);
-    lua_pushstring(L, chunkname);
+    lua_pushlstring(L, sc.src, sc.len);
+    lua_pushstring(L, sc.name);
     lua_pushstring(L, cfg_json ? cfg_json : "{}");
-    rc = call_bounded(vm, 3, 1, load_budget, err, errlen);
+    rc = call_bounded(vm, 3, 1, sc.load_budget, err, errlen);
   }
-  free(owned_src);
+  free(sc.owned);
   if (rc || !lua_isfunction(L, -1)) {
     if (!rc)
       snprintf(err, errlen, "sandgate.ingress.host returned no entry");
     vm_free(vm);
     return -EINVAL;
   }
-  lua_replace(L, 1);
-  lua_settop(L, 1);
-  lua_gc(L, LUA_GCCOLLECT, 0);
-  lua_gc(L, LUA_GCSETPAUSE, 120);
+  vm_loaded(vm);
   *out = vm;
   return 0;
 }

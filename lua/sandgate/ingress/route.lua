@@ -542,4 +542,25 @@ function Router:route(req)
   return r
 end
 
+-- The hooks of a shipped routing script (policies/ingress/<mode>.lua). One
+-- router for the life of the VM: load only reconfigures it, and its hook is
+-- the route hook as is, so routing runs compiled from end to end. Until
+-- load, no sandbox is known (404). selftest checks OSEP-0011's test vector:
+-- a wrong digest or canonical string would make every signed URL fail, so
+-- the script refuses to start instead.
+function M.shipped(mode)
+  local backends = require "sandgate.ingress.backends"
+  local router = M.new({ mode = mode, backends = backends.routes(nil) })
+  return {
+    route = router.hook,
+    load = function(ctx) router:configure(ctx) end,
+    selftest = function()
+      local sig = M.signature("my-test-secret", "a", "sbx-001", 8080, "x2qxvk")
+      if sig ~= "0ff8cd39a" then
+        error("route signature test vector gives " .. sig .. ", expected 0ff8cd39a")
+      end
+    end,
+  }
+end
+
 return M

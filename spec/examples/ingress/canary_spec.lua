@@ -1,15 +1,6 @@
-local ingress = require "sandgate.ingress.host"
 local support = require "support.policy"
-local cjson = require "cjson"
 
 local PATH = "examples/ingress/canary.lua"
-
-local function source()
-  local f = assert(io.open(PATH))
-  local src = f:read("*a")
-  f:close()
-  return src
-end
 
 local ROUTES = {
   ["app-1"] = "10.0.0.1",
@@ -23,16 +14,14 @@ local ROUTES = {
 local function entry(cfg)
   cfg = cfg or {}
   cfg.routes = cfg.routes or ROUTES
-  return (ingress.ingress(source(), "@" .. PATH, cjson.encode(cfg)))
+  return support.ingress(PATH, cfg)
 end
 
 -- host, sandbox and removed headers of one request.
 local function call(e, client, headers)
-  local r = { e(ingress.request_args("GET", "/x?y", client, headers)) }
+  local r = e("GET", "/x?y", client, headers)
   if r[1] ~= 0 then return r[1], r[2] end
-  local removed = {}
-  for i, v in ipairs(r[6]) do removed[i] = v end
-  return r[2], r[8], removed
+  return r[2], r[8], r[6]
 end
 
 describe("examples/ingress/canary.lua", function()

@@ -1,20 +1,11 @@
 -- The shipped URI-mode script, loaded and called exactly as the C core
--- does: sandgate.ingress.host.ingress(src, chunkname, cfg_json), then
--- entry(...) with the arguments request_args makes of a flat header array.
-local ingress = require "sandgate.ingress.host"
+-- does (support.policy.ingress).
 local support = require "support.policy"
-local cjson = require "cjson"
 
 local PATH = "policies/ingress/uri.lua"
 local ALWAYS = { "opensandbox-ingress-to", "open-sandbox-ingress", "opensandbox-secure-access",
                  "opensandbox-access-renew" }
 
-local function source()
-  local f = assert(io.open(PATH))
-  local src = f:read("*a")
-  f:close()
-  return src
-end
 
 local CFG = {
   mode = "uri",
@@ -32,19 +23,11 @@ local function entry(overrides)
   local cfg = {}
   for k, v in pairs(CFG) do cfg[k] = v end
   for k, v in pairs(overrides or {}) do cfg[k] = v end
-  return (ingress.ingress(source(), "@" .. PATH, cjson.encode(cfg)))
+  return support.ingress(PATH, cfg)
 end
 
 local function call(e, target, headers)
-  local out = { e(ingress.request_args("GET", target, "10.9.8.7", headers or {})) }
-  for i, v in ipairs(out) do
-    if type(v) == "table" then
-      local t = {}
-      for j, x in ipairs(v) do t[j] = x end
-      out[i] = t
-    end
-  end
-  return out
+  return e("GET", target, "10.9.8.7", headers)
 end
 
 local function ok(host, port, path, prefix, sandbox)

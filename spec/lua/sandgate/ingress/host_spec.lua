@@ -1,5 +1,6 @@
 local ingress = require "sandgate.ingress.host"
 local cjson = require "cjson"
+local support = require "support.policy"
 
 local ALWAYS = { "opensandbox-ingress-to", "open-sandbox-ingress", "opensandbox-secure-access",
                  "opensandbox-access-renew" }
@@ -26,17 +27,9 @@ local function answering(body)
   return "local M = {}\nfunction M.route(req)\n" .. body .. "\nend\nreturn M\n"
 end
 
--- Copies the entry's results (its arrays are reused).
+-- Calls the entry; copies its results (its arrays are reused).
 local function call(entry, ...)
-  local out = { entry(...) }
-  for i, v in ipairs(out) do
-    if type(v) == "table" then
-      local t = {}
-      for j, x in ipairs(v) do t[j] = x end
-      out[i] = t
-    end
-  end
-  return out
+  return support.results(entry(...))
 end
 
 describe("sandgate.ingress.host", function()
