@@ -432,9 +432,30 @@ sanitizer_scan() {
 
 # Stops every process (sandgate first, gracefully, so a leak report is
 # written), scans the logs, prints the summary and exits.
+# Processes still running in this test's namespaces once every recorded PID
+# is stopped: a server started through a shell function (whose $! is a
+# subshell, TESTING.md) would live on after the run. Each is a failed check,
+# and is stopped by the PID the namespace reports.
+leak_check() {
+  local ns p left=()
+  for ns in "$NS_SB" "$NS_UP"; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do
+      left+=("$p:$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-120)")
+      kill -KILL "$p" 2>/dev/null
+    done
+  done
+  if [ ${#left[@]} -eq 0 ]; then
+    ok "no process is left in the test's namespaces"
+  else
+    not_ok "no process is left in the test's namespaces"
+    diag "left running (stopped now): ${left[*]}"
+  fi
+}
+
 e2e_finish() {
   local p
   for p in "${E2E_PIDS[@]}"; do e2e_kill "$p"; done
+  leak_check
   sanitizer_scan
   if [ "${E2E_VERBOSE:-0}" == 1 ]; then
     for p in "${E2E_LOGS[@]}"; do echo "# --- $p"; diag <"$p"; done

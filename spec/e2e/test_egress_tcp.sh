@@ -102,7 +102,7 @@ check_eq "sandgate stops with status 0 after the malformed input" 0 "$SG_RC"
 # once: their answers must all get through (none lost, none turned into a
 # SERVFAIL after the timeout). The upstream is a minimal server with a 4 MiB
 # socket buffer, so that the test's side drops nothing.
-in_up "$PY" "$DNSCLIENT" serve "$ALT4" 5300 192.0.2.250 >"$TMP/serve.out" 2>&1 &
+ip netns exec "$NS_UP" "$PY" "$DNSCLIENT" serve "$ALT4" 5300 192.0.2.250 >"$TMP/serve.out" 2>&1 &
 E2E_PIDS+=($!)
 wait_until 5 grep -q ready "$TMP/serve.out"
 sg_start burst --rules '{"defaultAction":"allow"}' --upstream "$ALT4:5300" --no-query-log ||

@@ -18,7 +18,7 @@ SRC=$(cd "$E2E_DIR/../.." && pwd)
 topo_up || { not_ok "network namespaces set up"; e2e_finish; }
 
 # Echo backends on two addresses of the "internet" namespace.
-in_up "$PY" "$HTTP" echo "$UP4" 8080 "$ALT4" 8080 >"$TMP/echo.requests" 2>"$TMP/echo.log" &
+ip netns exec "$NS_UP" "$PY" "$HTTP" echo "$UP4" 8080 "$ALT4" 8080 >"$TMP/echo.requests" 2>"$TMP/echo.log" &
 E2E_PIDS+=("$!")
 echo_up() { in_sb "$PY" -c "import socket; socket.create_connection(('$1', 8080), 1).close()" 2>/dev/null; }
 wait_until 10 echo_up "$UP4" && wait_until 10 echo_up "$ALT4" || {
