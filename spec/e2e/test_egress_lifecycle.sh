@@ -189,10 +189,10 @@ in_sb nft delete table inet sandgate
 # A query waiting on a silent upstream (30 s timeout) and an idle TCP client
 # do not hold up SIGTERM.
 sg_start busy --rules '{"defaultAction":"allow"}' --upstream "$DROP4A" --upstream-timeout 30
-in_sb dig +time=20 +tries=1 allowed.example A >"$TMP/busy-dig.out" 2>&1 &
+ip netns exec "$NS_SB" dig +time=20 +tries=1 allowed.example A >"$TMP/busy-dig.out" 2>&1 &
 dig_pid=$!
 E2E_PIDS+=("$dig_pid")
-in_sb "$PY" "$DNSCLIENT" idle "$UP4" 53 20 >"$TMP/busy-idle.out" 2>&1 &
+ip netns exec "$NS_SB" "$PY" "$DNSCLIENT" idle "$UP4" 53 20 >"$TMP/busy-idle.out" 2>&1 &
 idle_pid=$!
 E2E_PIDS+=("$idle_pid")
 wait_log "$SG_LOG" 5 event=dns.query name=allowed.example

@@ -107,7 +107,7 @@ check "all $n upstream cases ran" [ "$n" -ge 10 ]
 sg_start concurrent --rules '{"defaultAction":"allow"}' --upstream "$DROP4A,$UP4" --upstream-timeout 2
 t0=$(now_ms)
 for i in 1 2 3 4 5; do
-  in_sb dig +time=10 +tries=1 +short allowed.example A >"$TMP/conc-$i.out" 2>&1 &
+  ip netns exec "$NS_SB" dig +time=10 +tries=1 +short allowed.example A >"$TMP/conc-$i.out" 2>&1 &
   E2E_PIDS+=($!)
 done
 for i in 1 2 3 4 5; do wait "${E2E_PIDS[-$i]}"; done
