@@ -119,6 +119,19 @@ wait_exit "$RUNPID" 10
 check_eq "SIGTERM to the run ends CMD: status 128+15" 143 "$WAIT_RC"
 check "... and leaves nothing behind" gone "$NS3"
 
+# Ctrl-C: the terminal sends SIGINT to the whole foreground process group,
+# the run and CMD alike. setsid gives the run a group of its own to play that.
+setsid ip netns exec "$NS_SB" "$BIN" run "${RUNFLAGS[@]}" -- sleep 30 >/dev/null 2>"$TMP/i.err" &
+RUNPID=$!
+wait_until 10 grep -q "sandbox sgrun" "$TMP/i.err"
+NSI=$(run_ns "$TMP/i.err")
+PGID=$(ps -o pgid= -p "$RUNPID" | tr -d ' ')
+check "the Ctrl-C run leads its own process group ($PGID)" [ "$PGID" = "$RUNPID" ]
+[ "$PGID" = "$RUNPID" ] && kill -INT -- "-$PGID"
+wait_exit "$RUNPID" 10
+check_eq "Ctrl-C (SIGINT to the process group): status 128+2" 130 "$WAIT_RC"
+check "... and leaves nothing behind" gone "$NSI"
+
 ip netns exec "$NS_SB" "$BIN" run "${RUNFLAGS[@]}" -- sleep 30 >/dev/null 2>"$TMP/k.err" &
 RUNPID=$!
 wait_until 10 grep -q "sandbox sgrun" "$TMP/k.err"
