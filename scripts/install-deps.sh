@@ -22,7 +22,7 @@ for p in "${want[@]}"; do
   found=
   IFS='|' read -ra alts <<<"$p"
   for a in "${alts[@]}"; do installed "$a" && found=1 && break; done
-  [[ -n $found ]] || missing+=("${alts[0]}")
+  [[ -n $found ]] || missing+=("$p")
 done
 if ((${#missing[@]} == 0)); then
   echo "install-deps: all ${#want[@]} packages present"
@@ -32,8 +32,24 @@ if [[ $(id -u) -ne 0 ]]; then
   echo "install-deps: missing ${missing[*]}; run as root (or with sudo)" >&2
   exit 1
 fi
-echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Of "a|b", the first that installs without removing anything: with nginx's Lua
+# module present, Debian's LuaJIT would have to replace OpenResty's.
+pick=()
+for p in "${missing[@]}"; do
+  IFS='|' read -ra alts <<<"$p"
+  choice=${alts[0]}
+  if ((${#alts[@]} > 1)); then
+    for a in "${alts[@]}"; do
+      if ! apt-get install -s -qq --no-install-recommends "$a" 2>/dev/null | grep -q '^Remv '; then
+        choice=$a
+        break
+      fi
+    done
+  fi
+  pick+=("$choice")
+done
+echo "install-deps: installing ${pick[*]}"
+apt-get install -y -qq --no-install-recommends "${pick[@]}" >/dev/null
 echo "install-deps: done"
