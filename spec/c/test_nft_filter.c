@@ -7,6 +7,7 @@
  * `nft` binary, which only the test uses to look; exits 77 when it cannot
  * unshare. */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -367,6 +368,67 @@ static void dynset_refused(void) {
   uv_loop_close(&loop);
 }
 
+/* The kernel answers an nftables batch within sendmsg, so its ACK is there
+ * at once. To see one come late, the test links with --wrap=recv and holds
+ * the netlink socket's answers back (recv says EAGAIN) while hold_acks is
+ * set; the kernel still processes the batch for real. */
+ssize_t __real_recv(int fd, void *buf, size_t n, int flags);
+ssize_t __wrap_recv(int fd, void *buf, size_t n, int flags);
+static int hold_acks;
+ssize_t __wrap_recv(int fd, void *buf, size_t n, int flags) {
+  if (hold_acks) {
+    errno = EAGAIN;
+    return -1;
+  }
+  return __real_recv(fd, buf, n, flags);
+}
+
+/* An ACK later than the timeout: the answer fails (SERVFAIL), the address is
+ * not remembered, the late ACK is dropped, and the next answer with the
+ * address sends it again. */
+static void dynset_ack_timeout(void) {
+  sg_nft_static_t st;
+  statics_of(&st, 0, NULL, NULL, NULL);
+  ASSERT_EQ(install(&st), 0);
+  sg_nft_static_free(&st);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  sg_dynset_t *d = dynset(&loop, 5);
+  ASSERT(d);
+  sg_dynset_addr_t a = addr4("203.0.113.9", 30);
+  result_t r = {0};
+  hold_acks = 1;
+  uint64_t t0 = uv_hrtime();
+  ASSERT_EQ(sg_dynset_allow(d, &a, 1, on_done, &r), 1);
+  while (!r.calls && uv_hrtime() - t0 < 2000000000ull)
+    uv_run(&loop, UV_RUN_ONCE);
+  hold_acks = 0;
+  ASSERT_EQ(r.calls, 1);
+  ASSERT_EQ(r.ok, 0);
+  /* not at once (the loop clock counts whole milliseconds) */
+  ASSERT(uv_hrtime() - t0 >= 4000000ull);
+  const sg_dynset_stats_t *s = sg_dynset_stats(d);
+  ASSERT_EQ(s->batches_timeout, 1);
+  ASSERT_EQ(s->batches_ok, 0);
+  /* The late ACK is read now, and belongs to no batch in flight. */
+  for (int i = 0; i < 5; i++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  ASSERT_EQ(s->batches_ok, 0);
+  ASSERT_EQ(r.calls, 1);
+  /* Not remembered as allowed: asked again, it is sent again. */
+  result_t r2 = {0};
+  ASSERT_EQ(sg_dynset_allow(d, &a, 1, on_done, &r2), 1);
+  for (int i = 0; i < 20 && !r2.calls; i++)
+    uv_run(&loop, UV_RUN_ONCE);
+  ASSERT_EQ(r2.calls, 1);
+  ASSERT_EQ(r2.ok, 1);
+  ASSERT_EQ(s->batches_ok, 1);
+  ASSERT_EQ(s->batches_timeout, 1);
+  sg_dynset_close(d);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+}
+
 static const sg_test_case_t cases[] = {
     {"ipset: parses addresses and CIDRs, refuses the rest", ipset_parse},
     {"ipset: normalizes overlapping, contained and adjacent ranges",
@@ -385,6 +447,9 @@ static const sg_test_case_t cases[] = {
      dynset_adds_before_callback},
     {"dynset: a refusal fails the callback and is not remembered",
      dynset_refused},
+    {"dynset: an ACK later than the timeout fails the callback; the late ACK "
+     "is dropped",
+     dynset_ack_timeout},
     {NULL, NULL},
 };
 
