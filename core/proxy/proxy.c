@@ -132,6 +132,7 @@ struct client {
   upstream_t *up;
   /* The backend and the request head sent to it (kept for a retry). */
   char up_host[256];
+  char sandbox[128]; /* the route's sandbox id, "" if it named none */
   uint16_t up_port;
   uint32_t up_hash;
   char *out;
@@ -1318,6 +1319,7 @@ static void send_request(client_t *c, upstream_t *u) {
 
 static void on_resolved(void *arg, int status,
                         const struct sockaddr_storage *addr);
+static void resolve_failed(client_t *c, int status);
 static void connect_addr(client_t *c, const struct sockaddr_storage *addr);
 
 /* A pooled connection to the backend, or a new one. */
@@ -1341,13 +1343,26 @@ static void connect_backend(client_t *c) {
   if (rc == 1)
     return; /* on_resolved goes on */
   if (rc < 0) {
-    char msg[400];
-    snprintf(msg, sizeof(msg), "cannot resolve the sandbox address %s (%s)",
-             c->up_host, uv_strerror(rc));
-    send_error(c, 502, msg, false);
+    resolve_failed(c, rc);
     return;
   }
   connect_addr(c, &ss);
+}
+
+/* A name that does not exist (NXDOMAIN, or no address) is a sandbox that
+ * does not exist, as an unknown id in the routes file is: 404. Any other
+ * failure (SERVFAIL, no answer) is the backend being unreachable: 502. */
+static void resolve_failed(client_t *c, int status) {
+  char msg[512];
+  if (status == UV_EAI_NONAME && c->sandbox[0]) {
+    snprintf(msg, sizeof(msg), "sandbox not found: %s (%s does not resolve)",
+             c->sandbox, c->up_host);
+    send_error(c, 404, msg, false);
+    return;
+  }
+  snprintf(msg, sizeof(msg), "cannot resolve the sandbox address %s (%s)",
+           c->up_host, uv_strerror(status));
+  send_error(c, 502, msg, false);
 }
 
 static void on_resolved(void *arg, int status,
@@ -1355,10 +1370,7 @@ static void on_resolved(void *arg, int status,
   client_t *c = arg;
   c->resolving = NULL;
   if (status < 0) {
-    char msg[400];
-    snprintf(msg, sizeof(msg), "cannot resolve the sandbox address %s (%s)",
-             c->up_host, uv_strerror(status));
-    send_error(c, 502, msg, false);
+    resolve_failed(c, status);
     return;
   }
   connect_addr(c, addr);
@@ -1685,6 +1697,9 @@ static int q_headers_complete(llhttp_t *hp) {
     return c->state == C_CLOSING || c->ending ? HPE_PAUSED : 0;
   }
   memcpy(c->up_host, rt->host, sizeof(c->up_host)); /* both NUL-ended */
+  size_t sl = strnlen(rt->sandbox, sizeof(c->sandbox) - 1);
+  memcpy(c->sandbox, rt->sandbox, sl);
+  c->sandbox[sl] = 0;
   c->up_port = rt->port;
   if (!build_request(c, &req, rt)) {
     send_error(c, 502, "out of memory", false);

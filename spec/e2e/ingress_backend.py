@@ -13,6 +13,8 @@ Servers
     /__sse[?close=1]         text/event-stream: "one", 1 s pause, "two", 1 s
                              pause, "three" (chunked, or close-delimited)
     /__status?code=N         that status, body "status N"
+    /__close                 "name: NAME", then closes the connection (so the
+                             gateway cannot pool it)
     /__midfail?mode=cl|chunked  a 1000000-byte (or chunked) body cut off
                              after 1000 bytes: the connection is closed
     /__upgrade               with an Upgrade header: 101, then a raw tunnel
@@ -228,6 +230,9 @@ class Handler(socketserver.BaseRequestHandler):
                 return False
             s.sendall(b"0\r\n\r\n")
             return not close
+        if p == "/__close":
+            respond(s, 200, ("name: %s\nclosed\n" % NAME).encode(), close=True)
+            return False
         if p == "/__status":
             code = int(q.get("code", "200"))
             respond(s, code, b"status %d\n" % code, close=close,

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# sandgate ingress with a DNS template (--dns-template '{id}.sandboxes.test'):
+# the backend of a sandbox is found by name, through c-ares and the
+# namespace's resolv.conf, with a real dnsmasq as the resolver (in the
+# upstream namespace). The gateway and an HTTP backend run in the sandbox
+# namespace, on its loopback. Checks: a name routes; answers are cached for
+# their TTL (dnsmasq's query log counts the lookups) and looked up again
+# after it; a changed record is followed; a name that does not exist is 404
+# "sandbox not found"; a resolver that does not answer is 502.
+#
+# usage: test_ingress_dns.sh path/to/sandgate
+source "$(dirname "$0")/lib.sh" "$@"
+
+BK=$E2E_DIR/ingress_backend.py
+PA=18001 GW=28888 ADMIN=28889 # a fresh namespace: nothing else listens there
+TTL=3
+ZONE=sandboxes.test
+
+topo_up || { not_ok "topology"; e2e_finish; }
+
+# The zone is local to dnsmasq (NXDOMAIN for the names it does not hold).
+# The records: sbx1 on the sandbox's loopback; sbx2 exists only for the
+# resolver-down case (asked for the first time then).
+dns_up() { # ADDRESS-OF-SBX1
+  dnsmasq_start main "$UP4" "$UP6" 53 --local-ttl="$TTL" --local="/$ZONE/" \
+    --host-record="sbx1.$ZONE,$1" --host-record="sbx2.$ZONE,127.0.0.1"
+}
+dns_up 127.0.0.1 || { not_ok "dnsmasq started"; e2e_finish; }
+DNS_PID=$DNSMASQ_PID
+
+port_open() { ip netns exec "$NS_SB" bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
+ip netns exec "$NS_SB" "$PY" "$BK" http "$PA" A >"$TMP/bk-a.log" 2>&1 &
+E2E_PIDS+=($!)
+wait_until 10 port_open "$PA" || { not_ok "backend A started"; e2e_finish; }
+
+GW_LOG=$TMP/gw.log
+ip netns exec "$NS_SB" "$BIN" ingress --listen 127.0.0.1 --port "$GW" \
+  --admin-addr "127.0.0.1:$ADMIN" --workers 1 --dns-template "{id}.$ZONE" \
+  --connect-timeout 2 >"$GW_LOG" 2>&1 &
+GW_PID=$!
+E2E_PIDS+=("$GW_PID")
+E2E_LOGS+=("$GW_LOG")
+if ! wait_until 10 grep -q '"event":"ingress.started"' "$GW_LOG"; then
+  not_ok "sandgate ingress started"
+  diag <"$GW_LOG"
+  e2e_finish
+fi
+
+# req ROUTE PATH: sets R_STATUS and R_BODY.
+req() {
+  local out
+  out=$(ip netns exec "$NS_SB" curl -s -m 10 -w '\n%{http_code}' \
+    -H "OpenSandbox-Ingress-To: $1" "http://127.0.0.1:$GW$2")
+  R_STATUS=${out##*$'\n'}
+  R_BODY=${out%$'\n'*}
+}
+# lookups NAME: the A queries dnsmasq has answered for NAME.
+lookups() { grep -c "query\[A\] $1 from" "$DNSMASQ_LOG_main" || true; }
+
+# ---- a name routes, and its answer is cached for its TTL --------------------
+
+t_first=$(now_ms)
+req "sbx1-$PA" /hello
+check_eq "sbx1-$PA: sbx1.$ZONE is resolved and routes to backend A" "200" "$R_STATUS"
+check_contains "... the backend answers" "name: A" "$R_BODY"
+check_contains "... with Host set to the backend's name and port" "Host: sbx1.$ZONE:$PA" "$R_BODY"
+check_eq "... one A lookup" 1 "$(lookups "sbx1.$ZONE")"
+
+# /__close: the backend closes each connection, so each request needs a new
+# backend connection and asks the resolver (not the pool) for the address.
+n_ok=0
+for _ in 1 2 3 4 5; do
+  req "sbx1-$PA" /__close
+  [ "$R_STATUS" = 200 ] && n_ok=$((n_ok + 1))
+done
+within=$(($(now_ms) - t_first))
+check_eq "five requests on fresh backend connections: all 200" 5 "$n_ok"
+if [ "$within" -lt $((TTL * 1000 - 500)) ]; then
+  check_eq "... within the TTL (${within} ms): answered from the cache, still one lookup" 1 \
+    "$(lookups "sbx1.$ZONE")"
+else
+  not_ok "the five requests took ${within} ms, longer than the TTL: the cache check cannot tell"
+fi
+
+# After the TTL, the next connection asks again.
+sleep "$(awk -v t="$TTL" -v w="$within" 'BEGIN { printf "%.1f", t - w / 1000 + 0.5 }')"
+req "sbx1-$PA" /__close
+check_eq "after the TTL: 200" 200 "$R_STATUS"
+check_eq "... after a second lookup" 2 "$(lookups "sbx1.$ZONE")"
+
+# ---- a changed record is followed --------------------------------------------
+
+e2e_kill "$DNS_PID"
+dns_up 127.0.0.2 || { not_ok "dnsmasq restarted"; e2e_finish; }
+DNS_PID=$DNSMASQ_PID
+sleep "$((TTL + 1))"
+req "sbx1-$PA" /__close
+check_eq "sbx1.$ZONE moved to 127.0.0.2 (nothing listens): 502 after the TTL" 502 "$R_STATUS"
+check_contains "... the gateway's own answer" "OpenSandbox Ingress: cannot connect to the sandbox" "$R_BODY"
+check_eq "... it asked the new server" 1 "$(lookups "sbx1.$ZONE")"
+
+# ---- names that do not resolve ---------------------------------------------
+
+req "nope-$PA" /x
+check_eq "nope.$ZONE does not exist (NXDOMAIN): 404" 404 "$R_STATUS"
+check_contains "... sandbox not found, naming the sandbox and the name" \
+  "OpenSandbox Ingress: sandbox not found: nope (nope.$ZONE does not resolve)" "$R_BODY"
+
+e2e_kill "$DNS_PID"
+t0=$(now_ms)
+req "sbx2-$PA" /x
+el=$(($(now_ms) - t0))
+check_eq "the resolver is down, sbx2 never resolved: 502" 502 "$R_STATUS"
+check_contains "... cannot resolve, naming the name" \
+  "OpenSandbox Ingress: cannot resolve the sandbox address sbx2.$ZONE" "$R_BODY"
+check "... within the lookup's 2 x 2 s budget ($el ms)" [ "$el" -lt 6000 ]
+req "sbx1-$PA" /status.ok
+check_eq "the gateway still answers" 200 "$R_STATUS"
+
+e2e_finish
