@@ -945,13 +945,14 @@ static void on_up_timeout(uv_timer_t *t) {
     return;
   }
   if (!c->responded) {
+    /* Told apart before the close: it sets the state to U_CLOSING. */
+    const char *msg = u->state == U_CONNECTING
+                          ? "timed out connecting to the sandbox"
+                          : "the sandbox did not answer in time";
     u->c = NULL;
     c->up = NULL;
     upstream_close(u);
-    send_error(c, 504,
-               u->state == U_CONNECTING ? "timed out connecting to the sandbox"
-                                        : "the sandbox did not answer in time",
-               false);
+    send_error(c, 504, msg, false);
     return;
   }
   c->p->stats.aborted++;

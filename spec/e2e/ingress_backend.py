@@ -13,6 +13,7 @@ Servers
     /__sse[?close=1]         text/event-stream: "one", 1 s pause, "two", 1 s
                              pause, "three" (chunked, or close-delimited)
     /__status?code=N         that status, body "status N"
+    /__stall?ms=MS           a 10-byte body: 5 bytes, MS of silence, 5 bytes
     /__close                 "name: NAME", then closes the connection (so the
                              gateway cannot pool it)
     /__midfail?mode=cl|chunked  a 1000000-byte (or chunked) body cut off
@@ -229,6 +230,12 @@ class Handler(socketserver.BaseRequestHandler):
             if q.get("close"):
                 return False
             s.sendall(b"0\r\n\r\n")
+            return not close
+        if p == "/__stall":
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                      b"Content-Length: 10\r\n\r\nhello")
+            time.sleep(int(q.get("ms", "3000")) / 1000)
+            s.sendall(b"world")
             return not close
         if p == "/__close":
             respond(s, 200, ("name: %s\nclosed\n" % NAME).encode(), close=True)

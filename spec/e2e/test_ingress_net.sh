@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# sandgate ingress with a DNS template (--dns-template '{id}.sandboxes.test'):
-# the backend of a sandbox is found by name, through c-ares and the
-# namespace's resolv.conf, with a real dnsmasq as the resolver (in the
-# upstream namespace). The gateway and an HTTP backend run in the sandbox
-# namespace, on its loopback. Checks: a name routes; answers are cached for
-# their TTL (dnsmasq's query log counts the lookups) and looked up again
-# after it; a changed record is followed; a name that does not exist is 404
-# "sandbox not found"; a resolver that does not answer is 502.
+# sandgate ingress with its backends across a network: the gateway and an HTTP
+# backend run in the sandbox namespace (the backend on its loopback), a real
+# dnsmasq in the upstream namespace resolves the DNS template
+# (--dns-template '{id}.sandboxes.test') through c-ares and the namespace's
+# resolv.conf, and one address of the upstream namespace drops everything.
+# Checks: a name routes; answers are cached for their TTL (dnsmasq's query
+# log counts the lookups) and looked up again after it; a changed record is
+# followed; a name that does not exist is 404 "sandbox not found"; a
+# resolver that does not answer is 502; a backend whose SYNs vanish is 504
+# after the connect timeout; a backend that goes silent mid-body is cut off
+# after the idle timeout.
 #
-# usage: test_ingress_dns.sh path/to/sandgate
+# usage: test_ingress_net.sh path/to/sandgate
 source "$(dirname "$0")/lib.sh" "$@"
 
 BK=$E2E_DIR/ingress_backend.py
@@ -20,10 +23,12 @@ topo_up || { not_ok "topology"; e2e_finish; }
 
 # The zone is local to dnsmasq (NXDOMAIN for the names it does not hold).
 # The records: sbx1 on the sandbox's loopback; sbx2 exists only for the
-# resolver-down case (asked for the first time then).
+# resolver-down case (asked for the first time then); blackhole is an
+# address whose packets the upstream namespace drops.
 dns_up() { # ADDRESS-OF-SBX1
   dnsmasq_start main "$UP4" "$UP6" 53 --local-ttl="$TTL" --local="/$ZONE/" \
-    --host-record="sbx1.$ZONE,$1" --host-record="sbx2.$ZONE,127.0.0.1"
+    --host-record="sbx1.$ZONE,$1" --host-record="sbx2.$ZONE,127.0.0.1" \
+    --host-record="blackhole.$ZONE,$DROP4A" --host-record="stall.$ZONE,127.0.0.1"
 }
 dns_up 127.0.0.1 || { not_ok "dnsmasq started"; e2e_finish; }
 DNS_PID=$DNSMASQ_PID
@@ -37,7 +42,7 @@ wait_until 10 port_open "$PA" || { not_ok "backend A started"; e2e_finish; }
 GW_LOG=$TMP/gw.log
 ip netns exec "$NS_SB" "$BIN" ingress --listen 127.0.0.1 --port "$GW" \
   --admin-addr "127.0.0.1:$ADMIN" --workers 1 --dns-template "{id}.$ZONE" \
-  --connect-timeout 2 >"$GW_LOG" 2>&1 &
+  --connect-timeout 2 --idle-timeout 1 >"$GW_LOG" 2>&1 &
 GW_PID=$!
 E2E_PIDS+=("$GW_PID")
 E2E_LOGS+=("$GW_LOG")
@@ -99,6 +104,24 @@ req "sbx1-$PA" /__close
 check_eq "sbx1.$ZONE moved to 127.0.0.2 (nothing listens): 502 after the TTL" 502 "$R_STATUS"
 check_contains "... the gateway's own answer" "OpenSandbox Ingress: cannot connect to the sandbox" "$R_BODY"
 check_eq "... it asked the new server" 1 "$(lookups "sbx1.$ZONE")"
+
+# ---- timeouts ------------------------------------------------------------------
+
+t0=$(now_ms)
+req "blackhole-$PA" /x
+el=$(($(now_ms) - t0))
+check_eq "a backend whose SYNs are dropped: 504" 504 "$R_STATUS"
+check_contains "... timed out connecting" "OpenSandbox Ingress: timed out connecting to the sandbox" "$R_BODY"
+check "... after the 2 s connect timeout ($el ms)" test "$el" -ge 1800 -a "$el" -lt 5000
+
+t0=$(now_ms)
+out=$(ip netns exec "$NS_SB" curl -s -m 10 -H "OpenSandbox-Ingress-To: stall-$PA" \
+  "http://127.0.0.1:$GW/__stall?ms=4000")
+rc=$?
+el=$(($(now_ms) - t0))
+check_eq "a backend silent for 4 s mid-body: the client gets the first bytes" "hello" "$out"
+check "... and the connection is cut, not ended as if complete (curl rc $rc)" [ "$rc" -eq 18 ]
+check "... after the 1 s idle timeout, not the backend's 4 s ($el ms)" test "$el" -ge 900 -a "$el" -lt 3500
 
 # ---- names that do not resolve ---------------------------------------------
 
