@@ -14,6 +14,10 @@ Servers
                              pause, "three" (chunked, or close-delimited)
     /__status?code=N         that status, body "status N"
     /__stall?ms=MS           a 10-byte body: 5 bytes, MS of silence, 5 bytes
+    /__arm                   answers (keep-alive), then meets the next request
+                             on that connection with a close and no answer, as
+                             a server does whose keep-alive timeout just ran
+                             out
     /__close                 "name: NAME", then closes the connection (so the
                              gateway cannot pool it)
     /__midfail?mode=cl|chunked  a 1000000-byte (or chunked) body cut off
@@ -231,6 +235,13 @@ class Handler(socketserver.BaseRequestHandler):
                 return False
             s.sendall(b"0\r\n\r\n")
             return not close
+        if cid in DROP_NEXT:
+            DROP_NEXT.discard(cid)
+            return False  # closed, with no byte of an answer
+        if p == "/__arm":
+            DROP_NEXT.add(cid)
+            respond(s, 200, ("name: %s\narmed %d\n" % (NAME, cid)).encode())
+            return True
         if p == "/__stall":
             s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                       b"Content-Length: 10\r\n\r\nhello")
@@ -603,5 +614,6 @@ def main():
 
 
 NAME = "?"
+DROP_NEXT = set()  # connections whose next request is met with a close (/__arm)
 if __name__ == "__main__":
     main()

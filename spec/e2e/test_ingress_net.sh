@@ -9,7 +9,8 @@
 # followed; a name that does not exist is 404 "sandbox not found"; a
 # resolver that does not answer is 502; a backend whose SYNs vanish is 504
 # after the connect timeout; a backend that goes silent mid-body is cut off
-# after the idle timeout.
+# after the idle timeout; a pooled connection the backend closed unanswered
+# is retried on a fresh one for a GET, and not for a POST.
 #
 # usage: test_ingress_net.sh path/to/sandgate
 source "$(dirname "$0")/lib.sh" "$@"
@@ -122,6 +123,25 @@ el=$(($(now_ms) - t0))
 check_eq "a backend silent for 4 s mid-body: the client gets the first bytes" "hello" "$out"
 check "... and the connection is cut, not ended as if complete (curl rc $rc)" [ "$rc" -eq 18 ]
 check "... after the 1 s idle timeout, not the backend's 4 s ($el ms)" test "$el" -ge 900 -a "$el" -lt 3500
+
+# ---- a pooled connection the backend closed ---------------------------------
+
+metric() { ip netns exec "$NS_SB" curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+r0=$(metric 'sandgate_ingress_upstream_connections_total{kind="retry"}')
+req "stall-$PA" /__arm
+check_contains "GET /__arm: the backend connection goes back to the pool" "armed" "$R_BODY"
+req "stall-$PA" /again
+check_eq "the next GET gets the pooled connection, which the backend closes unanswered: retried, 200" \
+  200 "$R_STATUS"
+check_contains "... answered on a fresh connection" "name: A" "$R_BODY"
+check_eq "... one retry counted" 1 "$(($(metric 'sandgate_ingress_upstream_connections_total{kind="retry"}') - r0))"
+req "stall-$PA" /__arm
+out=$(ip netns exec "$NS_SB" curl -s -m 10 -w '\n%{http_code}' -X POST -d 'once only' \
+  -H "OpenSandbox-Ingress-To: stall-$PA" "http://127.0.0.1:$GW/post")
+check_eq "a POST on such a connection is not retried (not idempotent): 502" 502 "${out##*$'\n'}"
+check_contains "... the sandbox closed the connection" \
+  "OpenSandbox Ingress: the sandbox closed the connection" "$out"
+check_eq "... and no retry counted" 1 "$(($(metric 'sandgate_ingress_upstream_connections_total{kind="retry"}') - r0))"
 
 # ---- names that do not resolve ---------------------------------------------
 
