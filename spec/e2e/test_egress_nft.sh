@@ -310,6 +310,14 @@ check_eq "all 40 addresses of big.example are in dyn_v4" 40 "$(set_words dyn_v4 
 # -- ports 853 and 443
 check_reject "port 853 to an allowed (resolved) address is blocked" "$OK4" 853
 check_reject "port 853 to an allowed CIDR address is blocked" "$C4" 853
+
+# The upstream nameserver is reachable for DNS only (the proxy's marked
+# sockets): the app's port 53 goes through the redirect, other ports are
+# blocked like any address the policy does not allow.
+check_contains "control: a server listens on the upstream's port 80 ($UP4)" ok \
+  "$(in_up "$PY" "$TCPS" connect "$UP4" 80 2 2>&1)"
+check_reject "the upstream nameserver on port 80: blocked" "$UP4" 80
+check_reject "the upstream nameserver's v6 address on port 80: blocked" "$UP6" 80
 check_reach "port 443 to an allowed address not in the DoH list works" "$OK4" 443
 check_reach "port 443 to an allowed CIDR address not in the DoH list works" "$C4" 443
 check_reject "DoH blocklist: tcp/443 to a listed address is blocked" "$C4B" 443
