@@ -13,23 +13,37 @@
 #define CACHE_MAX 4096
 #define TTL_MIN_MS 1000
 #define TTL_MAX_MS 300000
+/* A name that does not exist is remembered this long: a client asking for
+ * an unknown sandbox again and again costs one lookup a second, not one per
+ * request. */
+#define NEGATIVE_TTL_MS 1000
 #define LOOKUP_TIMEOUT_MS 2000
 
 typedef struct entry {
   struct entry *next;
   uint64_t expires;
+  int status; /* 0, or UV_EAI_NONAME: the name does not exist */
   struct sockaddr_storage addr; /* port 0 */
   char host[];
 } entry_t;
 
+/* One caller waiting for a lookup. */
 struct sg_resolve_req {
-  sg_resolver_t *r;
+  sg_resolve_req_t *next;
   sg_resolve_cb cb;
   void *arg;
   uint16_t port;
   int cancelled;
-  char host[256];
 };
+
+/* One lookup in flight, shared by every caller asking for its name
+ * meanwhile. */
+typedef struct lookup {
+  struct lookup *next;
+  sg_resolver_t *r;
+  sg_resolve_req_t *waiters;
+  char host[256];
+} lookup_t;
 
 struct sg_resolver {
   uv_loop_t *loop;
@@ -37,6 +51,7 @@ struct sg_resolver {
   uv_timer_t tick;
   entry_t *cache;
   int ncache;
+  lookup_t *inflight;
   int lookups;
   int refs; /* poll handles + the tick timer + 1 while open */
   int closing;
@@ -91,7 +106,7 @@ static entry_t *cache_find(sg_resolver_t *r, const char *host) {
   return NULL;
 }
 
-static void cache_put(sg_resolver_t *r, const char *host,
+static void cache_put(sg_resolver_t *r, const char *host, int status,
                       const struct sockaddr_storage *ss, uint64_t ttl_ms) {
   if (r->ncache >= CACHE_MAX)
     return;
@@ -100,7 +115,11 @@ static void cache_put(sg_resolver_t *r, const char *host,
   if (!e)
     return;
   memcpy(e->host, host, n);
-  e->addr = *ss;
+  e->status = status;
+  if (ss)
+    e->addr = *ss;
+  else
+    memset(&e->addr, 0, sizeof(e->addr));
   e->expires = uv_now(r->loop) + ttl_ms;
   e->next = r->cache;
   r->cache = e;
@@ -110,8 +129,8 @@ static void cache_put(sg_resolver_t *r, const char *host,
 static void on_resolved(void *arg, int status, int timeouts,
                         struct ares_addrinfo *res) {
   (void)timeouts;
-  sg_resolve_req_t *q = arg;
-  sg_resolver_t *r = q->r;
+  lookup_t *l = arg;
+  sg_resolver_t *r = l->r;
   r->lookups--;
   struct sockaddr_storage ss;
   int found = 0;
@@ -129,23 +148,41 @@ static void on_resolved(void *arg, int status, int timeouts,
     }
   }
   ares_freeaddrinfo(res);
+  int rc = 0;
   if (found) {
     if (ttl_ms < TTL_MIN_MS)
       ttl_ms = TTL_MIN_MS;
     if (ttl_ms > TTL_MAX_MS)
       ttl_ms = TTL_MAX_MS;
     set_port(&ss, 0);
-    if (!r->closing && !cache_find(r, q->host))
-      cache_put(r, q->host, &ss, ttl_ms);
-    set_port(&ss, q->port);
+    if (!r->closing && !cache_find(r, l->host))
+      cache_put(r, l->host, 0, &ss, ttl_ms);
+  } else if (status == ARES_SUCCESS || status == ARES_ENOTFOUND ||
+             status == ARES_ENODATA) {
+    rc = UV_EAI_NONAME; /* the name has no address */
+    if (!r->closing && !cache_find(r, l->host))
+      cache_put(r, l->host, rc, NULL, NEGATIVE_TTL_MS);
+  } else {
+    rc = UV_EAI_FAIL; /* no answer, SERVFAIL, refused: not remembered */
   }
-  if (!q->cancelled)
-    q->cb(q->arg, found ? 0 : (status == ARES_ENOTFOUND ||
-                                       status == ARES_ENODATA
-                                   ? UV_EAI_NONAME
-                                   : UV_EAI_FAIL),
-          found ? &ss : NULL);
-  free(q);
+  /* Out of the list first: a callback may ask for the name again. */
+  for (lookup_t **pp = &r->inflight; *pp; pp = &(*pp)->next)
+    if (*pp == l) {
+      *pp = l->next;
+      break;
+    }
+  sg_resolve_req_t *w = l->waiters;
+  while (w) {
+    sg_resolve_req_t *next = w->next;
+    if (!w->cancelled) {
+      if (found)
+        set_port(&ss, w->port);
+      w->cb(w->arg, rc, found ? &ss : NULL);
+    }
+    free(w);
+    w = next;
+  }
+  free(l);
   r->refs--;
   maybe_free(r);
 }
@@ -160,30 +197,50 @@ int sg_resolve(sg_resolver_t *r, const char *host, uint16_t port,
     return UV_ECANCELED;
   entry_t *e = cache_find(r, host);
   if (e) {
+    if (e->status)
+      return e->status;
     *addr = e->addr;
     set_port(addr, port);
     return 0;
   }
-  if (strlen(host) >= sizeof((*req)->host))
+  size_t hl = strlen(host);
+  if (hl >= sizeof(((lookup_t *)0)->host))
     return UV_EINVAL;
-  sg_resolve_req_t *q = calloc(1, sizeof(*q));
-  if (!q)
+  sg_resolve_req_t *w = calloc(1, sizeof(*w));
+  if (!w)
     return UV_ENOMEM;
-  q->r = r;
-  q->cb = cb;
-  q->arg = arg;
-  q->port = port;
-  snprintf(q->host, sizeof(q->host), "%s", host);
+  w->cb = cb;
+  w->arg = arg;
+  w->port = port;
+  lookup_t *l = r->inflight;
+  while (l && strcmp(l->host, host) != 0)
+    l = l->next;
+  if (l) { /* asked already: wait for that answer */
+    w->next = l->waiters;
+    l->waiters = w;
+    *req = w;
+    return 1;
+  }
+  l = calloc(1, sizeof(*l));
+  if (!l) {
+    free(w);
+    return UV_ENOMEM;
+  }
+  l->r = r;
+  l->waiters = w;
+  memcpy(l->host, host, hl + 1);
+  l->next = r->inflight;
+  r->inflight = l;
   struct ares_addrinfo_hints hints;
   memset(&hints, 0, sizeof(hints));
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   r->lookups++;
   r->refs++;
-  *req = q;
+  *req = w;
   if (!uv_is_active((uv_handle_t *)&r->tick))
     uv_timer_start(&r->tick, on_tick, 100, 100);
-  ares_getaddrinfo(r->io.ch, host, NULL, &hints, on_resolved, q);
+  ares_getaddrinfo(r->io.ch, host, NULL, &hints, on_resolved, l);
   return 1;
 }
 

@@ -22,8 +22,10 @@ the shell script to check):
                                            "closed" (tcp frames HEX, tcpraw not)
   json-lines FILE                          number of lines that are not JSON
   fuzz HOST PORT SEED COUNT                random UDP packets -> "sent N replies M"
-  serve HOST PORT ADDRESS                  a UDP DNS server answering every A
-                                           query with ADDRESS (big socket buffer)
+  serve HOST PORT ADDRESS [DELAY_MS [LOG]] a UDP DNS server answering every A
+                                           query with ADDRESS (big socket buffer),
+                                           each answer DELAY_MS late, each query
+                                           logged to LOG as "QTYPE NAME"
   log-count FILE key=value|key~=part...    number of JSON log lines with all
                                            these fields (~=: contains)
 """
@@ -335,11 +337,23 @@ def field_matches(rec, key, value):
     return key in rec and str(rec[key]) == value
 
 
-def cmd_serve(host, port, address):
+def qname(question):
+    labels, i = [], 0
+    while i < len(question) and question[i]:
+        labels.append(question[i + 1:i + 1 + question[i]].decode("latin-1"))
+        i += 1 + question[i]
+    return ".".join(labels)
+
+
+def cmd_serve(host, port, address, delay_ms="0", log=None):
     """A minimal UDP authority: answers every A query with ADDRESS (TTL 0),
     anything else with NOERROR and no records. Its socket has a 4 MiB
     receive buffer (SO_RCVBUFFORCE, root), so that bursts are not lost on
-    the test's side. Runs until killed."""
+    the test's side. With DELAY_MS, each answer waits that long (one query
+    after the other: a slow server); with LOG, each query is written to that
+    file as "QTYPE NAME". Runs until killed."""
+    delay = int(delay_ms) / 1000
+    logf = open(log, "a", buffering=1) if log else None
     s = socket.socket(family(host), socket.SOCK_DGRAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE
@@ -360,6 +374,10 @@ def cmd_serve(host, port, address):
             end += 1 + q[end]
         question = q[12:end + 5]
         qtype = struct.unpack(">H", question[-4:-2])[0] if len(question) >= 5 else 0
+        if logf:
+            logf.write("%d %s\n" % (qtype, qname(question)))
+        if delay:
+            time.sleep(delay)
         an = b""
         if qtype == 1:
             an = struct.pack(">HHHIH", 0xC00C, 1, 1, 0, 4) + addr

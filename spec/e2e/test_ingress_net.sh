@@ -10,7 +10,9 @@
 # resolver that does not answer is 502; a backend whose SYNs vanish is 504
 # after the connect timeout; a backend that goes silent mid-body is cut off
 # after the idle timeout; a pooled connection the backend closed unanswered
-# is retried on a fresh one for a GET, and not for a POST.
+# is retried on a fresh one for a GET, and not for a POST; a name that does
+# not exist is remembered for a second; callers asking for the same name at
+# once share one lookup (a slow DNS server from dnsclient.py).
 #
 # usage: test_ingress_net.sh path/to/sandgate
 source "$(dirname "$0")/lib.sh" "$@"
@@ -149,6 +151,20 @@ req "nope-$PA" /x
 check_eq "nope.$ZONE does not exist (NXDOMAIN): 404" 404 "$R_STATUS"
 check_contains "... sandbox not found, naming the sandbox and the name" \
   "OpenSandbox Ingress: sandbox not found: nope (nope.$ZONE does not resolve)" "$R_BODY"
+t_nope=$(now_ms)
+req "nope-$PA" /y
+s2=$R_STATUS
+req "nope-$PA" /z
+within=$(($(now_ms) - t_nope))
+check_eq "asked twice more at once: 404 both times" "404 404" "$s2 $R_STATUS"
+if [ "$within" -lt 800 ]; then
+  check_eq "... answered from the 1 s negative cache: still one lookup (${within} ms)" 1 "$(lookups "nope.$ZONE")"
+else
+  not_ok "the two requests took ${within} ms, longer than the negative cache: the check cannot tell"
+fi
+sleep 1.2
+req "nope-$PA" /again
+check_eq "after a second: asked again" "404 2" "$R_STATUS $(lookups "nope.$ZONE")"
 
 e2e_kill "$DNS_PID"
 t0=$(now_ms)
@@ -160,5 +176,25 @@ check_contains "... cannot resolve, naming the name" \
 check "... within the lookup's 2 x 2 s budget ($el ms)" [ "$el" -lt 6000 ]
 req "sbx1-$PA" /status.ok
 check_eq "the gateway still answers" 200 "$R_STATUS"
+
+# ---- callers asking for the same name share one lookup ----------------------
+
+# A slow server in the dead dnsmasq's place: every answer 300 ms late, one
+# after the other, each A for 127.0.0.1; it logs every question.
+SLOW_LOG=$TMP/slowdns.log
+ip netns exec "$NS_UP" "$PY" "$DNSCLIENT" serve "$UP4" 53 127.0.0.1 300 "$SLOW_LOG" \
+  >"$TMP/slowdns.out" 2>&1 &
+E2E_PIDS+=($!)
+wait_until 5 grep -q ready "$TMP/slowdns.out" || not_ok "the slow DNS server started"
+pids=()
+for i in 1 2 3 4 5 6 7 8; do
+  ip netns exec "$NS_SB" curl -s -m 10 -o /dev/null -w '%{http_code}\n' \
+    -H "OpenSandbox-Ingress-To: burst-$PA" "http://127.0.0.1:$GW/__close" >"$TMP/burst-$i.out" &
+  pids+=($!)
+  E2E_PIDS+=($!)
+done
+wait "${pids[@]}"
+check_eq "eight requests at once for a name not yet known: all 200" 8 "$(cat "$TMP"/burst-*.out | grep -c '^200$')"
+check_eq "... and the slow server was asked once" 1 "$(grep -c "^1 burst.$ZONE\$" "$SLOW_LOG")"
 
 e2e_finish
