@@ -248,33 +248,16 @@ REPORT=$RESULTS_DIR/http-$ts.md
 {
   cat "$HEADER"
   echo
-  "$PY" - "$RUNLOG" "$WORK" "${files[@]}" <<'EOF'
+  "$PY" - "$HERE" "$RUNLOG" "$WORK" "${files[@]}" <<'EOF'
 import glob, os, re, statistics, sys
-runlog, work, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.path.insert(0, sys.argv[1])
+from summarize import med, num, system_mode_rows
+runlog, work, paths = sys.argv[2], sys.argv[3], sys.argv[4:]
 PEER, CAND, TARGET = "nginx-lua", "candidate", 1.2
 COLS = ["req/s", "avg ms", "p50 ms", "p99 ms", "non-2xx", "socket errors", "routing probes",
         "SUT CPU %", "req/s per SUT core"]
 
-def num(s):
-    try:
-        return float(s)
-    except (TypeError, ValueError):
-        return None
-
-def parse(path):
-    rows, hdr = {}, None
-    for line in open(path, errors="replace"):
-        line = line.strip()
-        if not line.startswith("|") or line.startswith("|-"):
-            continue
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if cells[0] == "system":
-            hdr = cells
-        elif hdr:
-            rows[(cells[0], cells[1])] = dict(zip(hdr, cells))
-    return rows
-
-runs = [parse(p) for p in paths]
+runs = [system_mode_rows(open(p, errors="replace")) for p in paths]
 keys = []
 for r in runs:
     for k in r:
@@ -286,10 +269,6 @@ for _, m in keys:
     if m not in modes:
         modes.append(m)
 keys.sort(key=lambda k: (modes.index(k[1]), order.index(k[0]) if k[0] in order else 99, k[0]))
-
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
 
 def f(x, nd=0):
     return "n/a" if x is None else "%.*f" % (nd, x)

@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Summarize the markdown tables printed by the shared dns-bench.sh.
+"""Summarize the markdown tables printed by the shared dns-bench.sh (and the table helpers the
+HTTP reports share: table_cells, system_mode_rows, num, med).
 
 usage: summarize.py run1.md [run2.md ...]
 
@@ -20,15 +21,37 @@ def num(s):
         return None
 
 
+def table_cells(line):
+    """The cells of a markdown table row; None for any other line and for the |---| rule."""
+    line = line.strip()
+    if not line.startswith("|") or line.startswith("|-"):
+        return None
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def system_mode_rows(lines):
+    """-> {(system, mode): {column: value}} from the markdown table among lines (the per-run
+    tables of the shared http-bench.sh, used by http-bench.sh's report and pool-http.py)."""
+    rows, hdr = {}, None
+    for line in lines:
+        cells = table_cells(line)
+        if cells is None:
+            continue
+        if cells[0] == "system":
+            hdr = cells
+        elif hdr:
+            rows[(cells[0], cells[1])] = dict(zip(hdr, cells))
+    return rows
+
+
 def parse(path):
     """-> {system: {column: value}} for the DNS table in one file."""
     rows, hdr = {}, None
     with open(path, errors="replace") as f:
         for line in f:
-            line = line.strip()
-            if not line.startswith("|") or line.startswith("|-"):
+            cells = table_cells(line)
+            if cells is None:
                 continue
-            cells = [c.strip() for c in line.strip("|").split("|")]
             if cells and cells[0] == "system":
                 hdr = cells
                 continue

@@ -155,16 +155,17 @@ static void on_resolved(void *arg, int status, int timeouts,
     if (ttl_ms > TTL_MAX_MS)
       ttl_ms = TTL_MAX_MS;
     set_port(&ss, 0);
-    if (!r->closing && !cache_find(r, l->host))
-      cache_put(r, l->host, 0, &ss, ttl_ms);
   } else if (status == ARES_SUCCESS || status == ARES_ENOTFOUND ||
              status == ARES_ENODATA) {
     rc = UV_EAI_NONAME; /* the name has no address */
-    if (!r->closing && !cache_find(r, l->host))
-      cache_put(r, l->host, rc, NULL, NEGATIVE_TTL_MS);
+    ttl_ms = NEGATIVE_TTL_MS;
   } else {
     rc = UV_EAI_FAIL; /* no answer, SERVFAIL, refused: not remembered */
   }
+  /* The name had no entry when this lookup started, and no other lookup
+   * for it runs meanwhile (callers join this one). */
+  if (rc != UV_EAI_FAIL && !r->closing)
+    cache_put(r, l->host, rc, found ? &ss : NULL, ttl_ms);
   /* Out of the list first: a callback may ask for the name again. */
   for (lookup_t **pp = &r->inflight; *pp; pp = &(*pp)->next)
     if (*pp == l) {

@@ -285,6 +285,26 @@ static sg_dynset_t *dynset(uv_loop_t *loop, uint32_t ack_ms) {
   return d;
 }
 
+/* The filter with empty static sets installed, and a dynset on loop. */
+static sg_dynset_t *dynset_installed(uv_loop_t *loop, uint32_t ack_ms) {
+  sg_nft_static_t st;
+  statics_of(&st, 0, NULL, NULL, NULL);
+  int rc = install(&st);
+  sg_nft_static_free(&st);
+  if (rc != 0)
+    return NULL;
+  uv_loop_init(loop);
+  return dynset(loop, ack_ms);
+}
+
+/* Runs the loop until r's callback came, for at most max_ms. */
+static void run_until_called(uv_loop_t *loop, const result_t *r,
+                             uint64_t max_ms) {
+  uint64_t t0 = uv_hrtime();
+  while (!r->calls && uv_hrtime() - t0 < max_ms * 1000000ull)
+    uv_run(loop, UV_RUN_ONCE);
+}
+
 static void dynset_timeouts(void) {
   uv_loop_t loop;
   uv_loop_init(&loop);
@@ -300,13 +320,8 @@ static void dynset_timeouts(void) {
 }
 
 static void dynset_adds_before_callback(void) {
-  sg_nft_static_t st;
-  statics_of(&st, 0, NULL, NULL, NULL);
-  ASSERT_EQ(install(&st), 0);
-  sg_nft_static_free(&st);
   uv_loop_t loop;
-  uv_loop_init(&loop);
-  sg_dynset_t *d = dynset(&loop, 100);
+  sg_dynset_t *d = dynset_installed(&loop, 100);
   ASSERT(d);
   sg_dynset_addr_t a[2] = {addr4("203.0.113.7", 30),
                            addr6("2001:db8::7", 1000)};
@@ -352,8 +367,7 @@ static void dynset_refused(void) {
   sg_dynset_addr_t a = addr4("203.0.113.8", 30);
   result_t r = {0};
   ASSERT_EQ(sg_dynset_allow(d, &a, 1, on_done, &r), 1);
-  for (int i = 0; i < 20 && !r.calls; i++)
-    uv_run(&loop, UV_RUN_ONCE);
+  run_until_called(&loop, &r, 2000);
   ASSERT_EQ(r.calls, 1);
   ASSERT_EQ(r.ok, 0);
   ASSERT_EQ(sg_dynset_stats(d)->batches_refused, 1);
@@ -387,21 +401,15 @@ ssize_t __wrap_recv(int fd, void *buf, size_t n, int flags) {
  * not remembered, the late ACK is dropped, and the next answer with the
  * address sends it again. */
 static void dynset_ack_timeout(void) {
-  sg_nft_static_t st;
-  statics_of(&st, 0, NULL, NULL, NULL);
-  ASSERT_EQ(install(&st), 0);
-  sg_nft_static_free(&st);
   uv_loop_t loop;
-  uv_loop_init(&loop);
-  sg_dynset_t *d = dynset(&loop, 5);
+  sg_dynset_t *d = dynset_installed(&loop, 5);
   ASSERT(d);
   sg_dynset_addr_t a = addr4("203.0.113.9", 30);
   result_t r = {0};
   hold_acks = 1;
   uint64_t t0 = uv_hrtime();
   ASSERT_EQ(sg_dynset_allow(d, &a, 1, on_done, &r), 1);
-  while (!r.calls && uv_hrtime() - t0 < 2000000000ull)
-    uv_run(&loop, UV_RUN_ONCE);
+  run_until_called(&loop, &r, 2000);
   hold_acks = 0;
   ASSERT_EQ(r.calls, 1);
   ASSERT_EQ(r.ok, 0);
@@ -418,8 +426,7 @@ static void dynset_ack_timeout(void) {
   /* Not remembered as allowed: asked again, it is sent again. */
   result_t r2 = {0};
   ASSERT_EQ(sg_dynset_allow(d, &a, 1, on_done, &r2), 1);
-  for (int i = 0; i < 20 && !r2.calls; i++)
-    uv_run(&loop, UV_RUN_ONCE);
+  run_until_called(&loop, &r2, 2000);
   ASSERT_EQ(r2.calls, 1);
   ASSERT_EQ(r2.ok, 1);
   ASSERT_EQ(s->batches_ok, 1);

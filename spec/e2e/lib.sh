@@ -308,6 +308,24 @@ sg_start() {
   fi
 }
 
+# ing_start NAME [flags...]: `sandgate ingress` in the sandbox namespace
+# with exactly these flags, its stderr in $TMP/NAME.log; waits (bounded) for
+# ingress.started. Sets ING_PID and ING_LOG. Fails, showing the log, if it
+# never gets ready.
+ing_start() {
+  ING_LOG=$TMP/$1.log
+  shift
+  ip netns exec "$NS_SB" "$BIN" ingress "$@" 2>"$ING_LOG" >>"$TMP/sandgate.stdout" &
+  ING_PID=$!
+  E2E_PIDS+=("$ING_PID")
+  E2E_LOGS+=("$ING_LOG")
+  if ! wait_until 10 grep -q '"event":"ingress.started"' "$ING_LOG"; then
+    echo "# sandgate ingress did not start ($*):"
+    diag <"$ING_LOG"
+    return 1
+  fi
+}
+
 sg_ready_or_dead() {
   grep -q '"event":"egress.started"' "$2" 2>/dev/null || ! proc_running "$1"
 }

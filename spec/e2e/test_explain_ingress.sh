@@ -26,23 +26,9 @@ wait_until 10 echo_up "$UP4" && wait_until 10 echo_up "$ALT4" || {
   e2e_finish
 }
 
-# ing_start NAME [flags...]: sandgate ingress in the sandbox namespace on
-# $SB4:28888 with the admin API on 127.0.0.1:28889 and two workers; waits
-# for ingress.started. Sets ING_PID and ING_LOG.
-ing_start() {
-  ING_LOG=$TMP/$1.log
-  shift
-  ip netns exec "$NS_SB" "$BIN" ingress --listen "$SB4" --port 28888 \
-    --admin-addr 127.0.0.1:28889 --workers 2 "$@" 2>"$ING_LOG" &
-  ING_PID=$!
-  E2E_PIDS+=("$ING_PID")
-  E2E_LOGS+=("$ING_LOG")
-  if ! wait_until 10 grep -q '"event":"ingress.started"' "$ING_LOG"; then
-    echo "# sandgate ingress did not start ($*):"
-    diag <"$ING_LOG"
-    return 1
-  fi
-}
+# Every gateway here: $SB4:28888 with the admin API on 127.0.0.1:28889 and
+# two workers (ing_start is lib.sh's).
+GW_FLAGS=(--listen "$SB4" --port 28888 --admin-addr 127.0.0.1:28889 --workers 2)
 
 ing_stop() {
   kill -TERM "$ING_PID" 2>/dev/null
@@ -79,7 +65,7 @@ cat >"$ROUTES" <<EOF
 {"sbx-1": "$UP4", "sbx-2": "$ALT4", "tok": {"host": "$UP4", "token": "tok-1"},
  "sbx-001": {"host": "$ALT4", "token": "tok-001"}, "starting": {"host": "$UP4", "ready": false}}
 EOF
-ing_start header --routes "$ROUTES" --trusted-proxies "$SB4/32" \
+ing_start header "${GW_FLAGS[@]}" --routes "$ROUTES" --trusted-proxies "$SB4/32" \
   --secure-access-keys a=bXktdGVzdC1zZWNyZXQ= || e2e_finish
 
 compare '[
@@ -142,7 +128,7 @@ ing_stop
 
 # ---- URI mode: the route sets X-Forwarded-Prefix -------------------------------------
 
-ing_start uri --mode uri --routes "$ROUTES" || e2e_finish
+ing_start uri "${GW_FLAGS[@]}" --mode uri --routes "$ROUTES" || e2e_finish
 compare '[
  {"what": "URI mode: /id/port/rest, the raw rest and query", "path": "/sbx-1/8080/a/b%2Fc?q=%2F&x",
   "headers": [["Host", "gw.example"], ["X-Forwarded-Prefix", "/spoofed"]]},
@@ -156,7 +142,7 @@ ing_stop
 cat >"$ROUTES" <<EOF
 {"app-1": "$UP4", "app-1-canary": "$ALT4"}
 EOF
-ing_start canary --script "$SRC/examples/ingress/canary.lua" --routes "$ROUTES" || e2e_finish
+ing_start canary "${GW_FLAGS[@]}" --script "$SRC/examples/ingress/canary.lua" --routes "$ROUTES" || e2e_finish
 compare '[
  {"what": "canary: this client, by its address", "path": "/c", "headers": [["Host", "app-1-8080.gw"]]},
  {"what": "canary: forced to the canary, the override removed", "path": "/c",

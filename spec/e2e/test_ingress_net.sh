@@ -42,18 +42,9 @@ ip netns exec "$NS_SB" "$PY" "$BK" http "$PA" A >"$TMP/bk-a.log" 2>&1 &
 E2E_PIDS+=($!)
 wait_until 10 port_open "$PA" || { not_ok "backend A started"; e2e_finish; }
 
-GW_LOG=$TMP/gw.log
-ip netns exec "$NS_SB" "$BIN" ingress --listen 127.0.0.1 --port "$GW" \
-  --admin-addr "127.0.0.1:$ADMIN" --workers 1 --dns-template "{id}.$ZONE" \
-  --connect-timeout 2 --idle-timeout 1 >"$GW_LOG" 2>&1 &
-GW_PID=$!
-E2E_PIDS+=("$GW_PID")
-E2E_LOGS+=("$GW_LOG")
-if ! wait_until 10 grep -q '"event":"ingress.started"' "$GW_LOG"; then
-  not_ok "sandgate ingress started"
-  diag <"$GW_LOG"
-  e2e_finish
-fi
+ing_start gw --listen 127.0.0.1 --port "$GW" --admin-addr "127.0.0.1:$ADMIN" --workers 1 \
+  --dns-template "{id}.$ZONE" --connect-timeout 2 --idle-timeout 1 ||
+  { not_ok "sandgate ingress started"; e2e_finish; }
 
 # req ROUTE PATH: sets R_STATUS and R_BODY.
 req() {
